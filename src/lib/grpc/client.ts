@@ -1,0 +1,29 @@
+/**
+ * gRPC clients: one channel per address, deadlines, and the caller's trace id passed on as `x-trace-id`.
+ */
+import { createChannel, createClientFactory, type Channel, type CompatServiceDefinition, type Client, Metadata } from 'nice-grpc';
+import { deadlineMiddleware, type DeadlineOptions } from 'nice-grpc-client-middleware-deadline';
+
+/** A client with deadline support. */
+export type SpgClient<Definition extends CompatServiceDefinition> = Client<Definition, DeadlineOptions>;
+
+/** Opens a channel to `address` (host:port, plaintext on the internal network). */
+export function openChannel(address: string): Channel {
+  return createChannel(address, undefined, {
+    'grpc.keepalive_time_ms': 10_000,
+    'grpc.keepalive_timeout_ms': 5_000,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.max_receive_message_length': 16 * 1024 * 1024,
+  });
+}
+
+/** Creates a client of `definition` on `channel`; calls carry `traceId` when one is given. */
+export function createSpgClient<Definition extends CompatServiceDefinition>(
+  definition: Definition,
+  channel: Channel,
+  traceId?: string,
+): SpgClient<Definition> {
+  return createClientFactory()
+    .use(deadlineMiddleware)
+    .create(definition, channel, traceId ? { '*': { metadata: Metadata({ 'x-trace-id': traceId }) } } : {});
+}

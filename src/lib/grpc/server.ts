@@ -1,0 +1,117 @@
+/**
+ * The gRPC server every component runs: its services, `grpc.health.v1`, server reflection (so `grpcurl list`
+ * works), a trace id and a logger on every call, error mapping, and a stop that ends open streams first.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createServer, type Server, type CallContext, type ServerMiddlewareCall, ServerError, Status } from 'nice-grpc';
+import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
+import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
+import { isAbortError } from 'abort-controller-x';
+import type { Logger } from '../log.js';
+import { newTraceId } from '../log.js';
+import { counter, histogram } from '../metrics.js';
+
+/** What every handler gets in its call context besides nice-grpc's own. */
+export interface ServerContextExtension {
+  /** The trace id of the call (from the caller's `x-trace-id` metadata, or new). */
+  traceId: string;
+  /** A logger bound to the call's method and trace id. */
+  log: Logger;
+}
+
+/** The call context of SPG99's handlers. */
+export type ServerContext = CallContext & ServerContextExtension;
+
+const requests = counter('spg99_grpc_requests_total', 'gRPC calls handled, by method and status code', ['method', 'code']);
+const durations = histogram('spg99_grpc_request_duration_seconds', 'gRPC call duration (unary and stream)', ['method']);
+
+/** Reads the descriptor set `make gen` writes beside the generated code, for reflection. */
+function loadDescriptorSet(): Uint8Array {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  // Works both from src/ (tsx) and dist/src/ (compiled).
+  for (const candidate of ['../../../gen/descriptor.binpb', '../../../../gen/descriptor.binpb']) {
+    const file = path.resolve(here, candidate);
+    if (fs.existsSync(file)) return fs.readFileSync(file);
+  }
+  throw new Error('gen/descriptor.binpb is missing: run `make gen`');
+}
+
+/** A running server. */
+export interface RunningServer {
+  /** The port it listens on. */
+  port: number;
+  /** Health state: flip to NOT_SERVING while draining. */
+  health: HealthState;
+  /** Ends open streams, waits for calls to finish (at most `graceMs`), then closes. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** Builds the server: add services to the returned object, then `listen`. */
+export function buildServer(log: Logger) {
+  const openCalls = new Set<AbortController>();
+  const server: Server<ServerContextExtension> = createServer().use(async function* spg99Middleware<Request, Response>(
+    call: ServerMiddlewareCall<Request, Response, ServerContextExtension>,
+    context: CallContext,
+  ) {
+    const method = call.method.path;
+    const traceId = context.metadata.get('x-trace-id') ?? newTraceId();
+    const callLog = log.child({ traceId, method });
+    // The terminator: stop() aborts every open call, so endless streams never hold a shutdown up.
+    const controller = new AbortController();
+    const onAbort = () => controller.abort();
+    context.signal.addEventListener('abort', onAbort);
+    openCalls.add(controller);
+    const stopTimer = durations.startTimer({ method });
+    let code = Status.OK;
+    try {
+      return yield* call.next(call.request, { ...context, signal: controller.signal, traceId, log: callLog });
+    } catch (error) {
+      if (error instanceof ServerError) {
+        code = error.code;
+        throw error;
+      }
+      if (isAbortError(error)) {
+        code = Status.CANCELLED;
+        throw new ServerError(Status.UNAVAILABLE, 'the server is shutting down or the call was cancelled; retry');
+      }
+      code = Status.INTERNAL;
+      callLog.error({ err: error }, 'unexpected error in handler');
+      throw new ServerError(Status.INTERNAL, `internal error (trace id ${traceId}): ${(error as Error)?.message ?? error}`);
+    } finally {
+      stopTimer();
+      requests.inc({ method, code: Status[code] });
+      openCalls.delete(controller);
+      context.signal.removeEventListener('abort', onAbort);
+    }
+  });
+  const health = HealthState();
+  return {
+    server,
+    /** Adds health and reflection for `serviceNames`, listens, and returns the running server. */
+    async listen(address: string, serviceNames: string[]): Promise<RunningServer> {
+      server.add(HealthDefinition, HealthServiceImpl(health));
+      server.add(ServerReflectionService, ServerReflection(loadDescriptorSet(), [...serviceNames, 'grpc.health.v1.Health']));
+      const port = await server.listen(address);
+      return {
+        port,
+        health,
+        async stop(graceMs = 3000) {
+          health.setStatus('unhealthy');
+          for (const controller of openCalls) controller.abort();
+          let timer: NodeJS.Timeout | undefined;
+          const graceful = server.shutdown();
+          const timedOut = new Promise<'timeout'>((resolve) => {
+            timer = setTimeout(() => resolve('timeout'), graceMs);
+          });
+          if ((await Promise.race([graceful, timedOut])) === 'timeout') {
+            log.warn({ graceMs }, 'calls still open after the grace period; closing them');
+            server.forceShutdown();
+          }
+          clearTimeout(timer);
+        },
+      };
+    },
+  };
+}

@@ -1,0 +1,405 @@
+/**
+ * A timeline's WAL on a safekeeper's disk: one file per 16 MiB WAL segment, each holding the segment's WAL as
+ * framed chunks `[magic][length][begin LSN][crc32][reserved][bytes]`. The frame is what makes a torn write
+ * detectable: on open, the last file is scanned and cut after the last chunk whose checksum holds, so a partly
+ * written append is never served. Appends are written at once and made durable by a group fsync: while one
+ * fdatasync runs, later appends queue for the next, and each completion announces the new flush LSN.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { type Lsn, WAL_SEGMENT_SIZE, segmentNumber, segmentStart, formatLsn } from '../lib/lsn.js';
+
+const MAGIC = 0x53504757; // "SPGW"
+const HEADER_SIZE = 24;
+const FILE_SUFFIX = '.wal';
+
+interface ChunkRef {
+  beginLsn: Lsn;
+  length: number;
+  /** Offset of the payload in the file. */
+  offset: number;
+}
+
+interface SegmentFile {
+  segment: bigint;
+  path: string;
+  fd: number | null;
+  /** Chunks in LSN order; loaded on first use for older segments. */
+  chunks: ChunkRef[] | null;
+  size: number;
+}
+
+/** What the store found wrong with a file while opening it (reported, then cut). */
+export interface Repair {
+  file: string;
+  cutAtOffset: number;
+  reason: string;
+}
+
+function fileNameOf(segment: bigint): string {
+  return `${segment.toString(16).padStart(16, '0')}${FILE_SUFFIX}`;
+}
+
+function encodeHeader(beginLsn: Lsn, payload: Buffer): Buffer {
+  const header = Buffer.alloc(HEADER_SIZE);
+  header.writeUInt32LE(MAGIC, 0);
+  header.writeUInt32LE(payload.length, 4);
+  header.writeBigUInt64LE(beginLsn, 8);
+  let crc = zlib.crc32(header.subarray(4, 16));
+  crc = zlib.crc32(payload, crc);
+  header.writeUInt32LE(crc, 16);
+  return header;
+}
+
+/** The WAL of one timeline on local disk. */
+export class WalStore {
+  private readonly segments = new Map<bigint, SegmentFile>();
+  private startLsnValue: Lsn = 0n;
+  private endLsnValue: Lsn = 0n;
+  private flushedLsnValue: Lsn = 0n;
+  private fsyncRunning: Promise<void> | null = null;
+  private fsyncWanted = false;
+  private readonly dirtyFds = new Set<number>();
+  private readonly flushWaiters: Array<{ lsn: Lsn; resolve: () => void; reject: (error: Error) => void }> = [];
+  private failed: Error | null = null;
+
+  private constructor(private readonly directory: string) {}
+
+  /**
+   * Opens (or creates) the store in `directory`, checking every chunk of the last segment and cutting a torn tail.
+   * `repairs` receives what was cut.
+   */
+  static async open(directory: string, repairs: Repair[] = []): Promise<WalStore> {
+    await fsp.mkdir(directory, { recursive: true });
+    const store = new WalStore(directory);
+    const names = (await fsp.readdir(directory)).filter((name) => name.endsWith(FILE_SUFFIX)).sort();
+    for (const name of names) {
+      const segment = BigInt(`0x${name.slice(0, -FILE_SUFFIX.length)}`);
+      const file = path.join(directory, name);
+      store.segments.set(segment, { segment, path: file, fd: null, chunks: null, size: (await fsp.stat(file)).size });
+    }
+    const ordered = store.orderedSegments();
+    // Scan from the newest file back until one holds a valid chunk: a torn write only affects the end.
+    while (ordered.length > 0) {
+      const last = ordered[ordered.length - 1];
+      const chunks = store.scan(last, repairs);
+      if (chunks.length > 0) break;
+      fs.rmSync(last.path);
+      store.segments.delete(last.segment);
+      ordered.pop();
+    }
+    if (ordered.length > 0) {
+      const first = ordered[0];
+      const firstChunks = store.loadChunks(first);
+      store.startLsnValue = firstChunks[0].beginLsn;
+      const last = ordered[ordered.length - 1];
+      const lastChunks = store.loadChunks(last);
+      const tail = lastChunks[lastChunks.length - 1];
+      store.endLsnValue = tail.beginLsn + BigInt(tail.length);
+    }
+    store.flushedLsnValue = store.endLsnValue;
+    return store;
+  }
+
+  /** The first LSN held (0 when empty). */
+  get startLsn(): Lsn {
+    return this.startLsnValue;
+  }
+
+  /** The end of the WAL written (possibly not yet fsynced). */
+  get endLsn(): Lsn {
+    return this.endLsnValue;
+  }
+
+  /** The end of the WAL known to be on disk. */
+  get flushedLsn(): Lsn {
+    return this.flushedLsnValue;
+  }
+
+  /** Whether the store holds no WAL. */
+  get isEmpty(): boolean {
+    return this.segments.size === 0;
+  }
+
+  /** Makes an empty store start at `lsn` (the first append must begin there). */
+  resetTo(lsn: Lsn): void {
+    if (!this.isEmpty) throw new Error('resetTo needs an empty WAL store');
+    this.startLsnValue = lsn;
+    this.endLsnValue = lsn;
+    this.flushedLsnValue = lsn;
+  }
+
+  /** Writes WAL beginning at the current end. Durable only once `flush()` or `waitFlushed()` resolves. */
+  append(beginLsn: Lsn, data: Buffer): void {
+    if (this.failed) throw this.failed;
+    if (beginLsn !== this.endLsnValue) {
+      throw new Error(`append at ${formatLsn(beginLsn)} is not contiguous with the end of WAL ${formatLsn(this.endLsnValue)}`);
+    }
+    let offset = 0;
+    while (offset < data.length) {
+      const lsn = beginLsn + BigInt(offset);
+      const segment = segmentNumber(lsn);
+      const room = Number(segmentStart(segment + 1n) - lsn);
+      const piece = data.subarray(offset, offset + Math.min(room, data.length - offset));
+      const file = this.segmentForWrite(segment);
+      const header = encodeHeader(lsn, piece);
+      const fd = this.fdOf(file);
+      fs.writeSync(fd, header, 0, HEADER_SIZE, file.size);
+      fs.writeSync(fd, piece, 0, piece.length, file.size + HEADER_SIZE);
+      file.chunks?.push({ beginLsn: lsn, length: piece.length, offset: file.size + HEADER_SIZE });
+      file.size += HEADER_SIZE + piece.length;
+      this.dirtyFds.add(fd);
+      offset += piece.length;
+    }
+    if (this.isEmptyBefore()) this.startLsnValue = beginLsn;
+    this.endLsnValue = beginLsn + BigInt(data.length);
+  }
+
+  private isEmptyBefore(): boolean {
+    return this.startLsnValue === 0n;
+  }
+
+  /** Resolves once everything written before the call is on disk; concurrent calls share one fsync. */
+  waitFlushed(lsn: Lsn = this.endLsnValue): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    if (lsn <= this.flushedLsnValue) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.flushWaiters.push({ lsn, resolve, reject });
+      this.scheduleFsync();
+    });
+  }
+
+  private scheduleFsync(): void {
+    if (this.fsyncRunning) {
+      this.fsyncWanted = true;
+      return;
+    }
+    const target = this.endLsnValue;
+    const fds = [...this.dirtyFds];
+    this.dirtyFds.clear();
+    this.fsyncRunning = Promise.all(fds.map((fd) => new Promise<void>((resolve, reject) => fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())))))
+      .then(() => {
+        // Crash after this point: the chunks up to `target` survive; the flush LSN may be announced.
+        if (target > this.flushedLsnValue) this.flushedLsnValue = target;
+        const waiting = this.flushWaiters.splice(0);
+        for (const waiter of waiting) {
+          if (waiter.lsn <= this.flushedLsnValue) waiter.resolve();
+          else this.flushWaiters.push(waiter);
+        }
+      })
+      .catch((error: Error) => {
+        // An fsync failure leaves the page cache state unknown: refuse everything from now on (as Postgres does).
+        this.failed = new Error(`fsync of WAL in ${this.directory} failed: ${error.message}; the safekeeper must restart`);
+        for (const waiter of this.flushWaiters.splice(0)) waiter.reject(this.failed);
+      })
+      .finally(() => {
+        this.fsyncRunning = null;
+        if (this.fsyncWanted || this.flushWaiters.length > 0) {
+          this.fsyncWanted = false;
+          if (!this.failed && this.endLsnValue > this.flushedLsnValue) this.scheduleFsync();
+        }
+      });
+  }
+
+  /** Reads up to `maxBytes` of WAL starting at `lsn`, not past `untilLsn`. Empty when nothing is there yet. */
+  read(lsn: Lsn, untilLsn: Lsn, maxBytes: number): Buffer {
+    if (lsn < this.startLsnValue) {
+      throw new RangeError(`WAL at ${formatLsn(lsn)} was removed; the oldest held is ${formatLsn(this.startLsnValue)}`);
+    }
+    const end = untilLsn < this.endLsnValue ? untilLsn : this.endLsnValue;
+    if (lsn >= end) return Buffer.alloc(0);
+    const parts: Buffer[] = [];
+    let position = lsn;
+    let total = 0;
+    while (position < end && total < maxBytes) {
+      const file = this.segments.get(segmentNumber(position));
+      if (!file) throw new Error(`WAL segment file for ${formatLsn(position)} is missing in ${this.directory}`);
+      const chunks = this.loadChunks(file);
+      let index = this.findChunk(chunks, position);
+      while (index < chunks.length && position < end && total < maxBytes) {
+        const chunk = chunks[index];
+        const skip = Number(position - chunk.beginLsn);
+        const length = Math.min(chunk.length - skip, Number(end - position), maxBytes - total);
+        const buffer = Buffer.allocUnsafe(length);
+        fs.readSync(this.fdOf(file), buffer, 0, length, chunk.offset + skip);
+        parts.push(buffer);
+        total += length;
+        position += BigInt(length);
+        index += 1;
+      }
+    }
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts, total);
+  }
+
+  /** Cuts the WAL at `lsn` (all WAL from `lsn` on is removed) and makes the cut durable. */
+  async truncate(lsn: Lsn): Promise<void> {
+    if (lsn >= this.endLsnValue) return;
+    if (lsn < this.startLsnValue) throw new RangeError(`cannot truncate at ${formatLsn(lsn)}, below the oldest WAL held`);
+    await this.waitFlushed();
+    const keepSegment = segmentNumber(lsn);
+    for (const file of this.orderedSegments()) {
+      if (file.segment > keepSegment) this.removeFile(file);
+    }
+    const file = this.segments.get(keepSegment);
+    if (file) {
+      const chunks = this.loadChunks(file);
+      const index = chunks.findIndex((chunk) => chunk.beginLsn + BigInt(chunk.length) > lsn);
+      if (index >= 0) {
+        const chunk = chunks[index];
+        const keep = Number(lsn - chunk.beginLsn);
+        const prefix = Buffer.allocUnsafe(keep);
+        if (keep > 0) fs.readSync(this.fdOf(file), prefix, 0, keep, chunk.offset);
+        const cutAt = chunk.offset - HEADER_SIZE;
+        fs.ftruncateSync(this.fdOf(file), cutAt);
+        file.size = cutAt;
+        file.chunks = chunks.slice(0, index);
+        if (file.chunks.length === 0 && keep === 0) this.removeFile(file);
+        this.endLsnValue = chunk.beginLsn;
+        if (keep > 0) this.append(chunk.beginLsn, prefix);
+      }
+    }
+    this.endLsnValue = lsn;
+    this.flushedLsnValue = lsn < this.flushedLsnValue ? lsn : this.flushedLsnValue;
+    if (this.segments.size === 0) this.startLsnValue = lsn;
+    for (const file of this.segments.values()) if (file.fd !== null) fs.fsyncSync(file.fd);
+    this.syncDirectory();
+    this.flushedLsnValue = lsn;
+  }
+
+  /** Removes whole segment files that end at or below `lsn`. Returns the new oldest LSN held. */
+  removeBelow(lsn: Lsn): Lsn {
+    const files = this.orderedSegments();
+    // The newest file always stays: it tells where the log ends after a restart.
+    for (const file of files.slice(0, -1)) {
+      if (segmentStart(file.segment + 1n) <= lsn && segmentStart(file.segment + 1n) <= this.flushedLsnValue) {
+        this.removeFile(file);
+        this.startLsnValue = segmentStart(file.segment + 1n);
+      }
+    }
+    this.syncDirectory();
+    return this.startLsnValue;
+  }
+
+  /** Closes the files. */
+  close(): void {
+    for (const file of this.segments.values()) {
+      if (file.fd !== null) fs.closeSync(file.fd);
+      file.fd = null;
+    }
+  }
+
+  /** Removes every file and the directory. */
+  async destroy(): Promise<void> {
+    this.close();
+    await fsp.rm(this.directory, { recursive: true, force: true });
+  }
+
+  private orderedSegments(): SegmentFile[] {
+    return [...this.segments.values()].sort((a, b) => (a.segment < b.segment ? -1 : 1));
+  }
+
+  private segmentForWrite(segment: bigint): SegmentFile {
+    let file = this.segments.get(segment);
+    if (!file) {
+      file = { segment, path: path.join(this.directory, fileNameOf(segment)), fd: null, chunks: [], size: 0 };
+      this.segments.set(segment, file);
+      file.fd = fs.openSync(file.path, 'w+');
+      // The new file's name must survive a crash too.
+      this.syncDirectory();
+    }
+    return file;
+  }
+
+  private fdOf(file: SegmentFile): number {
+    if (file.fd === null) file.fd = fs.openSync(file.path, 'r+');
+    return file.fd;
+  }
+
+  private removeFile(file: SegmentFile): void {
+    if (file.fd !== null) {
+      this.dirtyFds.delete(file.fd);
+      fs.closeSync(file.fd);
+    }
+    fs.rmSync(file.path, { force: true });
+    this.segments.delete(file.segment);
+  }
+
+  private syncDirectory(): void {
+    const fd = fs.openSync(this.directory, 'r');
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  private loadChunks(file: SegmentFile): ChunkRef[] {
+    if (!file.chunks) file.chunks = this.scan(file, []);
+    return file.chunks;
+  }
+
+  /** Reads every chunk header of a file, checking checksums; cuts the file after the last good chunk. */
+  private scan(file: SegmentFile, repairs: Repair[]): ChunkRef[] {
+    const fd = this.fdOf(file);
+    const size = fs.fstatSync(fd).size;
+    const chunks: ChunkRef[] = [];
+    const header = Buffer.alloc(HEADER_SIZE);
+    let offset = 0;
+    let problem: string | null = null;
+    let expectedLsn: Lsn | null = null;
+    while (offset < size) {
+      if (size - offset < HEADER_SIZE) {
+        problem = `a partial chunk header of ${size - offset} bytes`;
+        break;
+      }
+      fs.readSync(fd, header, 0, HEADER_SIZE, offset);
+      const length = header.readUInt32LE(4);
+      const beginLsn = header.readBigUInt64LE(8);
+      if (header.readUInt32LE(0) !== MAGIC) {
+        problem = 'a chunk without the WAL chunk magic';
+        break;
+      }
+      if (offset + HEADER_SIZE + length > size) {
+        problem = `a chunk of ${length} bytes of which only ${size - offset - HEADER_SIZE} were written`;
+        break;
+      }
+      if (expectedLsn !== null && beginLsn !== expectedLsn) {
+        problem = `a chunk at ${formatLsn(beginLsn)} where ${formatLsn(expectedLsn)} was expected`;
+        break;
+      }
+      const payload = Buffer.allocUnsafe(length);
+      fs.readSync(fd, payload, 0, length, offset + HEADER_SIZE);
+      const crc = zlib.crc32(payload, zlib.crc32(header.subarray(4, 16)));
+      if (crc !== header.readUInt32LE(16)) {
+        problem = `a chunk at ${formatLsn(beginLsn)} whose checksum does not match`;
+        break;
+      }
+      chunks.push({ beginLsn, length, offset: offset + HEADER_SIZE });
+      expectedLsn = beginLsn + BigInt(length);
+      offset += HEADER_SIZE + length;
+    }
+    if (problem) {
+      repairs.push({ file: file.path, cutAtOffset: offset, reason: problem });
+      fs.ftruncateSync(fd, offset);
+      fs.fsyncSync(fd);
+    }
+    file.size = offset;
+    file.chunks = chunks;
+    return chunks;
+  }
+
+  private findChunk(chunks: ChunkRef[], lsn: Lsn): number {
+    let low = 0;
+    let high = chunks.length - 1;
+    while (low < high) {
+      const middle = (low + high + 1) >> 1;
+      if (chunks[middle].beginLsn <= lsn) low = middle;
+      else high = middle - 1;
+    }
+    return low;
+  }
+}
+
+export { WAL_SEGMENT_SIZE };
