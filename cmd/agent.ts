@@ -1,0 +1,73 @@
+/**
+ * The compute agent: elects itself on the safekeepers, runs Postgres, and streams its WAL to them
+ * (the walproposer), answering ComputeService calls.
+ */
+import { buildServer } from '../src/lib/grpc/server.js';
+import { loadConfig, parseHostPort, usage } from '../src/lib/config.js';
+import { createLogger, newTraceId } from '../src/lib/log.js';
+import { serveMetrics } from '../src/lib/metrics.js';
+import { runComponent } from '../src/lib/lifecycle.js';
+import { freePort } from '../src/lib/net.js';
+import { Compute } from '../src/agent/compute.js';
+import { computeService } from '../src/agent/service.js';
+import { ComputeServiceDefinition } from '../gen/spg99/compute/v1/compute.js';
+
+const spec = {
+  computeId: { kind: 'string', description: 'this compute\'s id (also its proposer id)', default: 'compute-1' },
+  timelineId: { kind: 'string', description: 'the timeline written (tl- and 32 hex digits)' },
+  term: { kind: 'integer', description: 'the writer term (from the control plane\'s lease)', min: 1 },
+  safekeepers: { kind: 'list', description: 'comma-separated safekeeper addresses (host:port)' },
+  pgDataDir: { kind: 'string', description: 'the Postgres data directory (initdb runs when it is empty)' },
+  pgPort: { kind: 'integer', description: 'the port Postgres listens on, on 127.0.0.1 (0 picks a free one)', default: 0, min: 0, max: 65535 },
+  createTimeline: { kind: 'boolean', description: 'create the timeline on safekeepers that lack it', default: false },
+  listen: { kind: 'string', description: 'gRPC address of the ComputeService (host:port; port 0 picks one)', default: '127.0.0.1:0' },
+  metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint', default: '127.0.0.1:0' },
+} as const;
+
+if (process.argv.includes('--help')) {
+  console.log(usage('agent', spec));
+  process.exit(0);
+}
+
+await runComponent('agent', async () => {
+  const config = loadConfig(spec);
+  parseHostPort(config.listen, '--listen');
+  const metricsAddress = parseHostPort(config.metricsListen, '--metrics-listen');
+  for (const address of config.safekeepers) parseHostPort(address, '--safekeepers');
+  const traceId = newTraceId();
+  const log = createLogger('agent', { computeId: config.computeId, timelineId: config.timelineId, traceId });
+  const pgPort = config.pgPort === 0 ? await freePort() : config.pgPort;
+  const compute = new Compute({
+    computeId: config.computeId,
+    timelineId: config.timelineId,
+    term: BigInt(config.term),
+    safekeepers: config.safekeepers,
+    pgDataDir: config.pgDataDir,
+    pgPort,
+    createTimeline: config.createTimeline,
+    log,
+    traceId,
+  });
+  const { server, listen } = buildServer(log);
+  server.add(ComputeServiceDefinition, computeService(compute, {
+    computeId: config.computeId,
+    timelineId: config.timelineId,
+    postgresAddress: `127.0.0.1:${pgPort}`,
+  }));
+  const running = await listen(config.listen, ['spg99.compute.v1.ComputeService']);
+  const metrics = await serveMetrics(metricsAddress.host, metricsAddress.port);
+  log.info({ grpcPort: running.port, metricsPort: metrics.port }, 'agent serving; starting the compute');
+  // Tests and `make up` read the "agent ready" line; a failed start leaves the status (FAILED, FENCED) readable.
+  compute
+    .start()
+    .then(() => log.info({ grpcPort: running.port, metricsPort: metrics.port, pgPort }, 'agent ready'))
+    .catch((error: unknown) => log.error({ err: error, state: compute.status().state }, 'the compute did not start'));
+  return {
+    log,
+    stop: async () => {
+      await compute.stop(true);
+      await running.stop();
+      await metrics.close();
+    },
+  };
+});

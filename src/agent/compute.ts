@@ -1,0 +1,300 @@
+/**
+ * A compute: one writer Postgres and its walproposer, started in the order that keeps commits safe:
+ * election on the safekeepers → Postgres (initdb when the data directory is new) → WAL streaming, with Postgres
+ * waiting on us as its synchronous standby so that a commit returns only when a majority has it.
+ */
+import { ComputeState } from '../../gen/spg99/compute/v1/compute.js';
+import type { Logger } from '../lib/log.js';
+import { type Lsn, formatLsn, segmentNumber, segmentStart } from '../lib/lsn.js';
+import { gauge } from '../lib/metrics.js';
+import { initdb, isInitialized, PostgresServer } from '../lib/pg/postgres.js';
+import { ReplicationConnection, type SystemIdentity } from '../lib/pg/replication.js';
+import { createSpgClient, openChannel } from '../lib/grpc/client.js';
+import { ClientError, Status } from '../lib/grpc/errors.js';
+import { SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
+import { FencedError, WalProposer, type Election } from './walproposer.js';
+
+/** The name Postgres knows the walproposer by (its synchronous standby). */
+export const STANDBY_NAME = 'walproposer';
+const SLOT_NAME = 'walproposer';
+
+const startPhaseGauge = gauge('spg99_compute_start_phase_seconds', 'Duration of each compute start phase', ['phase']);
+const stateGauge = gauge('spg99_compute_state', 'The compute state (ComputeState enum number)');
+
+/** What a compute needs. */
+export interface ComputeOptions {
+  computeId: string;
+  timelineId: string;
+  term: bigint;
+  safekeepers: string[];
+  pgDataDir: string;
+  pgPort: number;
+  /** Create the timeline on safekeepers that lack it (local clusters; the control plane does it otherwise). */
+  createTimeline: boolean;
+  /** Extra Postgres settings. */
+  pgSettings?: Record<string, string | number>;
+  log: Logger;
+  traceId?: string;
+}
+
+/** Why the compute is where it is. */
+export interface ComputeStatus {
+  state: ComputeState;
+  reason: string;
+  term: bigint;
+  commitLsn: Lsn;
+  receivedLsn: Lsn;
+  startPhaseSeconds: Record<string, number>;
+}
+
+/** A writer compute. */
+export class Compute {
+  readonly proposer: WalProposer;
+  private state: ComputeState = ComputeState.COMPUTE_STATE_ELECTING;
+  private reason = '';
+  private postgres: PostgresServer | null = null;
+  private replication: ReplicationConnection | null = null;
+  private readonly controller = new AbortController();
+  private readonly phases: Record<string, number> = {};
+  private streaming: Promise<void> | null = null;
+  private stopping: Promise<Lsn> | null = null;
+  private shuttingDown: Promise<void> | null = null;
+
+  constructor(private readonly options: ComputeOptions) {
+    this.proposer = new WalProposer({
+      timelineId: options.timelineId,
+      term: options.term,
+      proposerId: options.computeId,
+      safekeepers: options.safekeepers,
+      log: options.log.child({ part: 'walproposer' }),
+      traceId: options.traceId,
+    });
+    this.proposer.onFenced((reason) => void this.onFenced(reason));
+    this.proposer.onCommit((commitLsn) => this.replication?.sendStatus(this.proposer.receivedLsn, commitLsn, commitLsn));
+    stateGauge.set(this.state);
+  }
+
+  /** The current status. */
+  status(): ComputeStatus {
+    return {
+      state: this.state,
+      reason: this.reason,
+      term: this.options.term,
+      commitLsn: this.proposer.commitLsn,
+      receivedLsn: this.proposer.receivedLsn,
+      startPhaseSeconds: { ...this.phases },
+    };
+  }
+
+  /** The running Postgres, if any. */
+  get postgresServer(): PostgresServer | null {
+    return this.postgres;
+  }
+
+  /** Elects, starts Postgres and begins streaming; resolves when Postgres runs with the walproposer attached. */
+  async start(): Promise<void> {
+    const { log } = this.options;
+    const signal = this.controller.signal;
+    try {
+      if (this.options.createTimeline) await this.phase('create_timeline', () => this.ensureTimelines());
+      const election = await this.phase('election', () => this.proposer.elect(signal));
+      this.setState(ComputeState.COMPUTE_STATE_STARTING);
+      if (!isInitialized(this.options.pgDataDir)) {
+        if (!election.emptyLog) {
+          throw new Error(
+            `timeline ${this.options.timelineId} already holds WAL up to ${formatLsn(election.donor.flushLsn)} but ${this.options.pgDataDir} ` +
+              'is empty: a new writer of an existing timeline must start from a basebackup of it',
+          );
+        }
+        await this.phase('initdb', () => initdb(this.options.pgDataDir, log));
+      }
+      this.postgres = await this.phase('postgres_start', () =>
+        PostgresServer.start({
+          dataDir: this.options.pgDataDir,
+          port: this.options.pgPort,
+          log,
+          settings: {
+            wal_level: 'replica',
+            max_wal_senders: 10,
+            max_replication_slots: 10,
+            synchronous_commit: 'on',
+            synchronous_standby_names: STANDBY_NAME,
+            wal_sender_timeout: '30s',
+            ...this.options.pgSettings,
+          },
+        }),
+      );
+      void this.postgres.exited.then((code) => this.onPostgresExit(code));
+      await this.phase('sync_safekeepers', () => this.startStreaming(election));
+      if (signal.aborted) throw new Error(this.reason || 'the compute was stopped while starting');
+      this.setState(ComputeState.COMPUTE_STATE_RUNNING);
+      log.info(
+        { port: this.options.pgPort, term: this.options.term, termStartLsn: formatLsn(this.proposer.termStartLsn), phases: this.phases },
+        'compute running',
+      );
+    } catch (error) {
+      if (error instanceof FencedError || this.state === ComputeState.COMPUTE_STATE_FENCED) {
+        await this.onFenced(error instanceof FencedError ? error.message : this.reason);
+        throw error;
+      }
+      this.fail((error as Error).message);
+      await this.shutdown('immediate');
+      throw error;
+    }
+  }
+
+  /**
+   * Stops Postgres (`checkpoint`: a fast shutdown whose final checkpoint reaches the safekeepers; otherwise
+   * immediate) and returns the final commit LSN.
+   */
+  stop(checkpoint: boolean): Promise<Lsn> {
+    this.stopping ??= (async () => {
+      const ended = [ComputeState.COMPUTE_STATE_FENCED, ComputeState.COMPUTE_STATE_FAILED];
+      if (!ended.includes(this.state)) this.setState(ComputeState.COMPUTE_STATE_STOPPING);
+      await this.shutdown(checkpoint ? 'fast' : 'immediate');
+      if (this.state === ComputeState.COMPUTE_STATE_STOPPING) this.setState(ComputeState.COMPUTE_STATE_STOPPED);
+      return this.proposer.commitLsn;
+    })();
+    return this.stopping;
+  }
+
+  /** Stops Postgres and the walproposer once; later calls wait for the first. */
+  private shutdown(mode: 'fast' | 'immediate'): Promise<void> {
+    this.shuttingDown ??= this.shutdownOnce(mode);
+    return this.shuttingDown;
+  }
+
+  private async shutdownOnce(mode: 'fast' | 'immediate'): Promise<void> {
+    const { log } = this.options;
+    if (this.postgres?.running) await this.postgres.stop(mode);
+    if (mode === 'fast' && this.streaming && !this.proposer.fenced) {
+      // Postgres' walsender sent its shutdown checkpoint before exiting; wait until a majority holds it.
+      const wait = new AbortController();
+      const timer = setTimeout(() => wait.abort(), 10_000);
+      try {
+        await this.proposer.waitCommitted(this.proposer.receivedLsn, wait.signal);
+      } catch (error) {
+        log.warn({ error: (error as Error).message, receivedLsn: formatLsn(this.proposer.receivedLsn) }, 'final WAL not confirmed by a majority');
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    this.controller.abort();
+    this.replication?.close();
+    await this.streaming?.catch(() => undefined);
+    await this.proposer.close();
+  }
+
+  private async startStreaming(election: Election): Promise<void> {
+    const replication = await ReplicationConnection.connect({
+      host: '127.0.0.1',
+      port: this.options.pgPort,
+      user: 'postgres',
+      applicationName: STANDBY_NAME,
+    });
+    this.replication = replication;
+    const identity = await replication.identifySystem();
+    const termStartLsn = this.termStartFor(election, identity);
+    await replication.ensurePhysicalSlot(SLOT_NAME);
+    this.proposer.begin(election, termStartLsn, identity.systemId);
+    const events = replication.startReplication(SLOT_NAME, termStartLsn, identity.timeline, this.controller.signal);
+    // The first message proves the stream is open; the rest is consumed in the background.
+    const iterator = events[Symbol.asyncIterator]();
+    const consume = async (first: IteratorResult<unknown>) => {
+      let next = first;
+      for (;;) {
+        if (next.done) return;
+        const event = next.value as Awaited<ReturnType<typeof iterator.next>>['value'];
+        if (event.kind === 'wal') {
+          this.proposer.pushWal(event.message.beginLsn, event.message.data);
+        } else if (event.replyRequested) {
+          replication.sendStatus(this.proposer.receivedLsn, this.proposer.commitLsn, this.proposer.commitLsn);
+        }
+        next = await iterator.next();
+      }
+    };
+    replication.sendStatus(termStartLsn, this.proposer.commitLsn, this.proposer.commitLsn, true);
+    const first = await iterator.next();
+    this.streaming = consume(first).catch((error: unknown) => {
+      if (this.controller.signal.aborted || this.shuttingDown) return;
+      this.options.log.error({ err: error }, 'the replication stream from Postgres failed');
+      this.fail(`replication from Postgres failed: ${(error as Error).message}`);
+      void this.shutdown('immediate');
+    });
+  }
+
+  /** Where this term's WAL starts, after checking this Postgres can continue the timeline. */
+  private termStartFor(election: Election, identity: SystemIdentity): Lsn {
+    const donor = election.donor;
+    if (donor.systemId !== 0n && donor.systemId !== identity.systemId) {
+      throw new Error(
+        `timeline ${this.options.timelineId} holds WAL of Postgres system ${donor.systemId}, but ${this.options.pgDataDir} is system ` +
+          `${identity.systemId}: this data directory belongs to another database`,
+      );
+    }
+    if (election.emptyLog) {
+      // A new timeline starts at the beginning of Postgres' current segment, so safekeepers hold whole segments.
+      return segmentStart(segmentNumber(identity.xlogPos));
+    }
+    if (identity.xlogPos < donor.flushLsn) {
+      throw new Error(
+        `${this.options.pgDataDir} ends at ${formatLsn(identity.xlogPos)} but timeline ${this.options.timelineId} holds WAL up to ` +
+          `${formatLsn(donor.flushLsn)} (safekeeper ${donor.address}): start this compute from a basebackup at that LSN`,
+      );
+    }
+    return donor.flushLsn;
+  }
+
+  private async ensureTimelines(): Promise<void> {
+    await Promise.all(
+      this.options.safekeepers.map(async (address) => {
+        const client = createSpgClient(SafekeeperServiceDefinition, openChannel(address), this.options.traceId);
+        try {
+          await client.createTimeline({ timelineId: this.options.timelineId }, { deadline: new Date(Date.now() + 5000) });
+        } catch (error) {
+          if (error instanceof ClientError && error.code === Status.ALREADY_EXISTS) return;
+          // An unreachable safekeeper is fine: a majority is enough, and the election retries.
+          this.options.log.warn({ safekeeper: address, error: (error as Error).message }, 'could not create the timeline');
+        }
+      }),
+    );
+  }
+
+  private async onFenced(reason: string): Promise<void> {
+    if (this.state === ComputeState.COMPUTE_STATE_FENCED) return;
+    this.setState(ComputeState.COMPUTE_STATE_FENCED);
+    this.reason = reason;
+    // Within a second: no checkpoint, no waiting for clients. Nothing it would still write could commit anyway.
+    await this.shutdown('immediate');
+  }
+
+  private onPostgresExit(code: number | string): void {
+    if (this.state === ComputeState.COMPUTE_STATE_RUNNING && !this.shuttingDown) {
+      this.options.log.error({ exit: code }, 'Postgres exited unexpectedly');
+      this.fail(`Postgres exited unexpectedly (${code})`);
+      void this.shutdown('immediate');
+    }
+  }
+
+  private fail(reason: string): void {
+    if (this.state === ComputeState.COMPUTE_STATE_FENCED || this.state === ComputeState.COMPUTE_STATE_STOPPING) return;
+    this.reason = reason;
+    this.setState(ComputeState.COMPUTE_STATE_FAILED);
+  }
+
+  private setState(state: ComputeState): void {
+    this.state = state;
+    stateGauge.set(state);
+  }
+
+  private async phase<T>(name: string, run: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      return await run();
+    } finally {
+      const seconds = (performance.now() - started) / 1000;
+      this.phases[name] = seconds;
+      startPhaseGauge.set({ phase: name }, seconds);
+    }
+  }
+}
