@@ -14,7 +14,7 @@ import type { Logger } from '../lib/log.js';
 import { type Lsn, formatLsn, maxLsn, minLsn } from '../lib/lsn.js';
 import { Notifier, AsyncQueue } from '../lib/async.js';
 import { Backoff } from '../lib/retry.js';
-import { counter, gauge } from '../lib/metrics.js';
+import { counter, gauge, histogram } from '../lib/metrics.js';
 import { openChannel, createSpgClient, type SpgClient } from '../lib/grpc/client.js';
 import { ClientError, Status } from '../lib/grpc/errors.js';
 import {
@@ -36,10 +36,14 @@ import { WalBuffer } from './wal-buffer.js';
 const MAX_MESSAGE_BYTES = 128 * 1024;
 /** WAL sent to one safekeeper and not yet acknowledged, at most. */
 const IN_FLIGHT_WINDOW = 8 * 1024 * 1024;
+/** WAL messages sent to one safekeeper and not yet acknowledged, at most. */
+const MAX_UNACKNOWLEDGED_MESSAGES = Number(process.env.SPG99_WALPROPOSER_MAX_UNACKNOWLEDGED ?? 1);
 /** WAL kept in memory below the commit LSN for lagging safekeepers; beyond it they catch up from peers. */
 const BUFFER_KEEP_BYTES = 64 * 1024 * 1024;
 /** A safekeeper hears from us at least this often (it learns the commit LSN from it). */
 const HEARTBEAT_MS = 1000;
+/** A commit LSN with no WAL to carry it waits at most this long before it is sent on its own. */
+const COMMIT_ONLY_INTERVAL_MS = 20;
 const VOTE_DEADLINE_MS = 5000;
 
 const commitLsnGauge = gauge('spg99_walproposer_commit_lsn', 'Highest LSN fsynced on a majority of safekeepers');
@@ -47,6 +51,10 @@ const receivedLsnGauge = gauge('spg99_walproposer_received_lsn', 'End of WAL rea
 const peerFlushGauge = gauge('spg99_walproposer_safekeeper_flush_lsn', 'Flush LSN acknowledged by each safekeeper in this term', ['safekeeper']);
 const peerLagGauge = gauge('spg99_walproposer_safekeeper_lag_bytes', 'WAL read from Postgres and not yet fsynced by each safekeeper', ['safekeeper']);
 const peerConnectedGauge = gauge('spg99_walproposer_safekeeper_connected', '1 while an Append stream to the safekeeper is open', ['safekeeper']);
+const commitDelay = histogram(
+  'spg99_walproposer_commit_delay_seconds',
+  'Time from reading WAL from Postgres to its being fsynced on a majority (what a commit waits for beyond Postgres)',
+);
 const reconnects = counter('spg99_walproposer_reconnects_total', 'Append streams that failed and were retried', ['safekeeper']);
 
 /** A newer term exists: this proposer must stop writing at once. */
@@ -141,6 +149,8 @@ export class WalProposer {
   private readonly fencedListeners: ((reason: string) => void)[] = [];
   private readonly commitListeners: ((commitLsn: Lsn) => void)[] = [];
   private readonly loops: Promise<void>[] = [];
+  /** When each piece of WAL arrived, until it is committed (for the commit delay histogram). */
+  private readonly received: { endLsn: Lsn; at: number }[] = [];
 
   constructor(private readonly options: WalProposerOptions) {
     if (options.safekeepers.length === 0) throw new Error('a walproposer needs at least one safekeeper');
@@ -283,6 +293,7 @@ export class WalProposer {
   pushWal(beginLsn: Lsn, data: Buffer): void {
     if (!this.buffer) throw new Error('pushWal before begin');
     this.buffer.append(beginLsn, data);
+    this.received.push({ endLsn: this.buffer.endLsn, at: performance.now() });
     receivedLsnGauge.set(Number(this.buffer.endLsn));
     this.changed.notify();
   }
@@ -391,21 +402,30 @@ export class WalProposer {
     let next = position;
     let sentCommit = -1n;
     let lastSent = Date.now();
+    const unacknowledgedEnds: Lsn[] = [];
     for (;;) {
       if (signal.aborted) throw signal.reason;
-      const inFlight = next - (peer.flushLsn ?? next);
-      if (inFlight < BigInt(IN_FLIGHT_WINDOW)) {
+      const acknowledged = peer.flushLsn ?? 0n;
+      while (unacknowledgedEnds.length > 0 && unacknowledgedEnds[0] <= acknowledged) unacknowledgedEnds.shift();
+      // Few messages in flight: under load, WAL accumulates while one is being fsynced and goes as one larger
+      // message (the safekeepers' group commit), instead of one message per Postgres flush.
+      if (unacknowledgedEnds.length < MAX_UNACKNOWLEDGED_MESSAGES && next - acknowledged < BigInt(IN_FLIGHT_WINDOW)) {
         let data = buffer.read(next, MAX_MESSAGE_BYTES);
         if (data === null) data = await this.readFromPeers(peer, next, signal);
-        if (data.length > 0 || this.commit > sentCommit || Date.now() - lastSent >= HEARTBEAT_MS) {
+        const sinceLast = Date.now() - lastSent;
+        // The commit LSN rides on WAL messages; alone it goes at most every COMMIT_ONLY_INTERVAL_MS (an extra
+        // message per commit to every safekeeper would double the traffic under load).
+        if (data.length > 0 || (this.commit > sentCommit && sinceLast >= COMMIT_ONLY_INTERVAL_MS) || sinceLast >= HEARTBEAT_MS) {
           requests.push({ wal: { beginLsn: next, walData: data, commitLsn: this.commit } });
           next += BigInt(data.length);
+          if (data.length > 0) unacknowledgedEnds.push(next);
           sentCommit = this.commit;
           lastSent = Date.now();
           if (data.length > 0) continue;
         }
       }
-      await this.changed.wait(signal, HEARTBEAT_MS);
+      const wait = this.commit > sentCommit ? COMMIT_ONLY_INTERVAL_MS : HEARTBEAT_MS;
+      await this.changed.wait(signal, Math.max(1, wait - (Date.now() - lastSent)));
     }
   }
 
@@ -451,6 +471,10 @@ export class WalProposer {
     if (candidate !== null && candidate > this.commit) {
       this.commit = candidate;
       commitLsnGauge.set(Number(candidate));
+      const now = performance.now();
+      while (this.received.length > 0 && this.received[0].endLsn <= candidate) {
+        commitDelay.observe((now - (this.received.shift() as { at: number }).at) / 1000);
+      }
       for (const listener of this.commitListeners) listener(candidate);
       this.commitNotifier.notify();
     }

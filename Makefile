@@ -1,0 +1,61 @@
+# SPG99 — the whole set-up is `make up` (start a local platform) and `make test` (run the tests).
+SHELL := /bin/bash
+BIN := node_modules/.bin
+NODE_OPTIONS ?= --enable-source-maps
+export NODE_OPTIONS
+
+.PHONY: help install gen gen-check lint build test test-unit test-integration up down status bench bench-wal clean
+
+help: ## Lists the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+install: node_modules/.installed ## Installs npm packages (and hydrates the Postgres binaries' library links)
+
+gen: install ## Regenerates gen/ from proto/ (buf + ts-proto) and the descriptor set reflection serves
+	$(BIN)/buf generate
+	$(BIN)/buf build -o gen/descriptor.binpb
+
+gen-check: gen ## Fails when gen/ is not what proto/ generates
+	@git diff --exit-code --stat -- gen || { echo "gen/ is stale: run 'make gen' and commit the result" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- gen)" || { git status --porcelain -- gen; echo "gen/ has untracked generated files: run 'make gen' and commit" >&2; exit 1; }
+
+lint: install ## buf lint, buf breaking against main (when it has contracts), TypeScript checks
+	$(BIN)/buf lint
+	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+		echo "buf breaking against main"; $(BIN)/buf breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no previous contracts on main yet"; fi
+	$(BIN)/tsc -p tsconfig.json --noEmit
+
+build: install ## Compiles TypeScript to dist/
+	@rm -rf dist
+	$(BIN)/tsc -p tsconfig.json
+
+test: lint build ## Runs every test (unit and integration, with real Postgres and safekeepers)
+	$(BIN)/mocha
+
+test-unit: build ## Runs only the unit tests
+	$(BIN)/mocha 'dist/test/unit/**/*.test.js'
+
+test-integration: build ## Runs only the integration tests
+	$(BIN)/mocha 'dist/test/integration/**/*.test.js'
+
+up: build ## Starts three safekeepers and a compute in .spg99/ and prints how to connect
+	node dist/scripts/local-cluster.js up
+
+down: ## Stops what `make up` started
+	@if [ -f dist/scripts/local-cluster.js ]; then node dist/scripts/local-cluster.js down; else echo "nothing to stop"; fi
+
+status: ## Shows what `make up` runs
+	node dist/scripts/local-cluster.js status
+
+bench: bench-wal ## Runs every benchmark
+
+bench-wal: build ## pgbench through the walproposer and three safekeepers vs. plain Postgres
+	node dist/bench/wal-quorum.js
+
+clean: ## Removes build output and local cluster data
+	rm -rf dist .spg99
