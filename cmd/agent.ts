@@ -10,7 +10,7 @@ import { runComponent } from '../src/lib/lifecycle.js';
 import { freePort } from '../src/lib/net.js';
 import { Compute } from '../src/agent/compute.js';
 import { computeService } from '../src/agent/service.js';
-import { ComputeServiceDefinition } from '../gen/spg99/compute/v1/compute.js';
+import { ComputeServiceDefinition, ComputeState } from '../gen/spg99/compute/v1/compute.js';
 
 const spec = {
   computeId: { kind: 'string', description: 'this compute\'s id (also its proposer id)', default: 'compute-1' },
@@ -61,7 +61,12 @@ await runComponent('agent', async () => {
   compute
     .start()
     .then(() => log.info({ grpcPort: running.port, metricsPort: metrics.port, pgPort }, 'agent ready'))
-    .catch((error: unknown) => log.error({ err: error, state: compute.status().state }, 'the compute did not start'));
+    .catch((error: unknown) => {
+      const { state, reason } = compute.status();
+      // Losing the election to a newer term is an expected outcome, not a failure of this process.
+      if (state === ComputeState.COMPUTE_STATE_FENCED) log.warn({ state, reason }, 'the compute did not start: fenced');
+      else log.error({ err: error, state }, 'the compute did not start');
+    });
   return {
     log,
     stop: async () => {

@@ -134,6 +134,9 @@ export class Compute {
       );
     } catch (error) {
       if (error instanceof FencedError || this.state === ComputeState.COMPUTE_STATE_FENCED) {
+        if (error instanceof FencedError && this.state !== ComputeState.COMPUTE_STATE_FENCED) {
+          log.warn({ term: this.options.term, reason: error.message }, 'fenced at election: a newer term exists; Postgres is not started');
+        }
         await this.onFenced(error instanceof FencedError ? error.message : this.reason);
         throw error;
       }

@@ -14,6 +14,9 @@ export function openChannel(address: string): Channel {
     'grpc.keepalive_timeout_ms': 5_000,
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
+    // A restarted peer is found again within a second, not after grpc-js' default backoff of up to two minutes.
+    'grpc.initial_reconnect_backoff_ms': 100,
+    'grpc.max_reconnect_backoff_ms': 1000,
   });
 }
 
