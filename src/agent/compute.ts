@@ -3,6 +3,9 @@
  * election on the safekeepers → Postgres (initdb when the data directory is new) → WAL streaming, with Postgres
  * waiting on us as its synchronous standby so that a commit returns only when a majority has it.
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { ComputeState } from '../../gen/spg99/compute/v1/compute.js';
 import type { Logger } from '../lib/log.js';
 import { type Lsn, formatLsn, segmentNumber, segmentStart } from '../lib/lsn.js';
@@ -59,6 +62,8 @@ export class Compute {
   private streaming: Promise<void> | null = null;
   private stopping: Promise<Lsn> | null = null;
   private shuttingDown: Promise<void> | null = null;
+  /** Postgres' Unix socket directory: the WAL stream from Postgres goes through it (clients use TCP). */
+  private readonly socketDir = fs.mkdtempSync(path.join(os.tmpdir(), 'spg99-pg-'));
 
   constructor(private readonly options: ComputeOptions) {
     this.proposer = new WalProposer({
@@ -112,6 +117,7 @@ export class Compute {
         PostgresServer.start({
           dataDir: this.options.pgDataDir,
           port: this.options.pgPort,
+          socketDir: this.socketDir,
           log,
           settings: {
             wal_level: 'replica',
@@ -186,12 +192,14 @@ export class Compute {
     this.replication?.close();
     await this.streaming?.catch(() => undefined);
     await this.proposer.close();
+    fs.rmSync(this.socketDir, { recursive: true, force: true });
   }
 
   private async startStreaming(election: Election): Promise<void> {
     const replication = await ReplicationConnection.connect({
       host: '127.0.0.1',
       port: this.options.pgPort,
+      socketDir: this.socketDir,
       user: 'postgres',
       applicationName: STANDBY_NAME,
     });

@@ -4,16 +4,25 @@
  * detectable: on open, the last file is scanned and cut after the last chunk whose checksum holds, so a partly
  * written append is never served. Appends are written at once and made durable by a group fsync: while one
  * fdatasync runs, later appends queue for the next, and each completion announces the new flush LSN.
+ *
+ * The next segment's file is preallocated (written with zeros and fsynced) in the background while the current one
+ * fills, as Postgres does: an fdatasync of a write inside an allocated file flushes data only, while one that
+ * extends a file also commits file-system metadata, which costs several times more per commit. A zero header
+ * marks the clean end of a file's chunks.
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import zlib from 'node:zlib';
-import { type Lsn, WAL_SEGMENT_SIZE, segmentNumber, segmentStart, formatLsn } from '../lib/lsn.js';
+import { type Lsn, WAL_SEGMENT_SIZE, segmentNumber, segmentOffset, segmentStart, formatLsn } from '../lib/lsn.js';
 
 const MAGIC = 0x53504757; // "SPGW"
 const HEADER_SIZE = 24;
 const FILE_SUFFIX = '.wal';
+const PREALLOCATION_SUFFIX = '.wal.preallocated';
+/** A segment file's preallocated size: its WAL plus room for chunk headers. */
+const PREALLOCATED_BYTES = Number(WAL_SEGMENT_SIZE) + 1024 * 1024;
+const ZERO_HEADER = Buffer.alloc(HEADER_SIZE);
 
 interface ChunkRef {
   beginLsn: Lsn;
@@ -64,6 +73,8 @@ export class WalStore {
   private readonly dirtyFds = new Set<number>();
   private readonly flushWaiters: Array<{ lsn: Lsn; resolve: () => void; reject: (error: Error) => void }> = [];
   private failed: Error | null = null;
+  /** The next segment's file, being or already preallocated under a temporary name. */
+  private preallocation: { segment: bigint; path: string; ready: boolean } | null = null;
 
   private constructor(private readonly directory: string) {}
 
@@ -74,7 +85,10 @@ export class WalStore {
   static async open(directory: string, repairs: Repair[] = []): Promise<WalStore> {
     await fsp.mkdir(directory, { recursive: true });
     const store = new WalStore(directory);
-    const names = (await fsp.readdir(directory)).filter((name) => name.endsWith(FILE_SUFFIX)).sort();
+    const all = await fsp.readdir(directory);
+    // A preallocation interrupted by a restart is redone when needed.
+    for (const name of all.filter((entry) => entry.endsWith(PREALLOCATION_SUFFIX))) await fsp.rm(path.join(directory, name), { force: true });
+    const names = all.filter((name) => name.endsWith(FILE_SUFFIX)).sort();
     for (const name of names) {
       const segment = BigInt(`0x${name.slice(0, -FILE_SUFFIX.length)}`);
       const file = path.join(directory, name);
@@ -146,8 +160,10 @@ export class WalStore {
       const file = this.segmentForWrite(segment);
       const header = encodeHeader(lsn, piece);
       const fd = this.fdOf(file);
-      fs.writeSync(fd, header, 0, HEADER_SIZE, file.size);
-      fs.writeSync(fd, piece, 0, piece.length, file.size + HEADER_SIZE);
+      const written = fs.writevSync(fd, [header, piece], file.size);
+      if (written !== HEADER_SIZE + piece.length) {
+        throw new Error(`short write of WAL to ${file.path} (${written} of ${HEADER_SIZE + piece.length} bytes)`);
+      }
       file.chunks?.push({ beginLsn: lsn, length: piece.length, offset: file.size + HEADER_SIZE });
       file.size += HEADER_SIZE + piece.length;
       this.dirtyFds.add(fd);
@@ -155,6 +171,32 @@ export class WalStore {
     }
     if (this.isEmptyBefore()) this.startLsnValue = beginLsn;
     this.endLsnValue = beginLsn + BigInt(data.length);
+    this.preallocateNextWhenHalfFull();
+  }
+
+  /** Starts preallocating the next segment's file once the current one is half full. */
+  private preallocateNextWhenHalfFull(): void {
+    const current = segmentNumber(this.endLsnValue);
+    if (this.preallocation && this.preallocation.segment > current) return;
+    if (segmentOffset(this.endLsnValue) < Number(WAL_SEGMENT_SIZE) / 2) return;
+    const next = current + 1n;
+    const target = { segment: next, path: path.join(this.directory, `${fileNameOf(next).slice(0, -FILE_SUFFIX.length)}${PREALLOCATION_SUFFIX}`), ready: false };
+    this.preallocation = target;
+    void (async () => {
+      const handle = await fsp.open(target.path, 'w');
+      try {
+        const zeros = Buffer.alloc(1024 * 1024);
+        for (let offset = 0; offset < PREALLOCATED_BYTES; offset += zeros.length) await handle.write(zeros, 0, zeros.length, offset);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      target.ready = true;
+    })().catch(() => {
+      // Only an optimization: the segment file is then created when first written.
+      if (this.preallocation === target) this.preallocation = null;
+      fs.rmSync(target.path, { force: true });
+    });
   }
 
   private isEmptyBefore(): boolean {
@@ -305,7 +347,13 @@ export class WalStore {
     if (!file) {
       file = { segment, path: path.join(this.directory, fileNameOf(segment)), fd: null, chunks: [], size: 0 };
       this.segments.set(segment, file);
-      file.fd = fs.openSync(file.path, 'w+');
+      const preallocated = this.preallocation;
+      if (preallocated?.segment === segment && preallocated.ready) {
+        fs.renameSync(preallocated.path, file.path);
+        file.fd = fs.openSync(file.path, 'r+');
+      } else {
+        file.fd = fs.openSync(file.path, 'w+');
+      }
       // The new file's name must survive a crash too.
       this.syncDirectory();
     }
@@ -351,10 +399,13 @@ export class WalStore {
     let expectedLsn: Lsn | null = null;
     while (offset < size) {
       if (size - offset < HEADER_SIZE) {
+        if (isZero(fd, offset, size - offset)) break;
         problem = `a partial chunk header of ${size - offset} bytes`;
         break;
       }
       fs.readSync(fd, header, 0, HEADER_SIZE, offset);
+      // Zeros: the preallocated rest of the file, the clean end of its chunks.
+      if (header.equals(ZERO_HEADER)) break;
       const length = header.readUInt32LE(4);
       const beginLsn = header.readBigUInt64LE(8);
       if (header.readUInt32LE(0) !== MAGIC) {
@@ -400,6 +451,12 @@ export class WalStore {
     }
     return low;
   }
+}
+
+function isZero(fd: number, offset: number, length: number): boolean {
+  const bytes = Buffer.alloc(length);
+  fs.readSync(fd, bytes, 0, length, offset);
+  return bytes.equals(Buffer.alloc(length));
 }
 
 export { WAL_SEGMENT_SIZE };

@@ -52,6 +52,8 @@ export interface PostgresStartOptions {
   logFile?: string;
   /** How long to wait for it to accept connections. */
   startTimeoutMs?: number;
+  /** Also listen on a Unix socket in this directory (for the agent's own connections: cheaper than TCP). */
+  socketDir?: string;
   log: Logger;
 }
 
@@ -81,12 +83,13 @@ export class PostgresServer {
     const binaries = locatePostgres();
     const user = postgresOsUser();
     prepareDirectoryFor(user, options.dataDir);
+    if (options.socketDir) prepareDirectoryFor(user, options.socketDir);
     const logFile = options.logFile ?? `${options.dataDir}.log`;
     const logFd = fs.openSync(logFile, 'a');
     const settings: Record<string, string | number> = {
       listen_addresses: '127.0.0.1',
       port: options.port,
-      unix_socket_directories: '',
+      unix_socket_directories: options.socketDir ?? '',
       ...options.settings,
     };
     const args = ['-D', options.dataDir];

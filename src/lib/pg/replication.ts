@@ -35,6 +35,8 @@ export type ReplicationEvent = { kind: 'wal'; message: WalMessage } | { kind: 'k
 export interface ReplicationConnectOptions {
   host: string;
   port: number;
+  /** Connect through Postgres' Unix socket in this directory instead of TCP. */
+  socketDir?: string;
   user: string;
   applicationName: string;
   connectTimeoutMs?: number;
@@ -71,8 +73,9 @@ export class ReplicationConnection {
 
   /** Connects and authenticates (trust) as a physical replication client. */
   static async connect(options: ReplicationConnectOptions): Promise<ReplicationConnection> {
-    const socket = net.connect({ host: options.host, port: options.port });
-    socket.setNoDelay(true);
+    const socket = options.socketDir
+      ? net.connect({ path: `${options.socketDir}/.s.PGSQL.${options.port}` })
+      : net.connect({ host: options.host, port: options.port }).setNoDelay(true);
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         socket.destroy();
