@@ -15,9 +15,8 @@ node_modules/.installed: package.json package-lock.json
 
 install: node_modules/.installed ## Installs npm packages (and hydrates the Postgres binaries' library links)
 
-gen: install ## Regenerates gen/ from proto/ (buf + ts-proto) and the descriptor set reflection serves
+gen: install ## Regenerates gen/ from proto/ (buf + ts-proto)
 	$(BIN)/buf generate
-	$(BIN)/buf build -o gen/descriptor.binpb
 
 gen-check: gen ## Fails when gen/ is not what proto/ generates
 	@git diff --exit-code --stat -- gen || { echo "gen/ is stale: run 'make gen' and commit the result" >&2; exit 1; }
@@ -30,9 +29,10 @@ lint: install ## buf lint, buf breaking against main (when it has contracts), Ty
 	else echo "buf breaking: no previous contracts on main yet"; fi
 	$(BIN)/tsc -p tsconfig.json --noEmit
 
-build: install ## Compiles TypeScript to dist/
+build: install ## Compiles TypeScript to dist/, with the descriptor set server reflection serves
 	@rm -rf dist
 	$(BIN)/tsc -p tsconfig.json
+	$(BIN)/buf build -o dist/descriptor.binpb
 
 test: lint build ## Runs every test (unit and integration, with real Postgres and safekeepers)
 	$(BIN)/mocha

@@ -27,15 +27,12 @@ export type ServerContext = CallContext & ServerContextExtension;
 const requests = counter('spg99_grpc_requests_total', 'gRPC calls handled, by method and status code', ['method', 'code']);
 const durations = histogram('spg99_grpc_request_duration_seconds', 'gRPC call duration (unary and stream)', ['method']);
 
-/** Reads the descriptor set `make gen` writes beside the generated code, for reflection. */
+/** Reads the descriptor set `make build` writes into dist/ (`buf build`), for reflection. */
 function loadDescriptorSet(): Uint8Array {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  // Works both from src/ (tsx) and dist/src/ (compiled).
-  for (const candidate of ['../../../gen/descriptor.binpb', '../../../../gen/descriptor.binpb']) {
-    const file = path.resolve(here, candidate);
-    if (fs.existsSync(file)) return fs.readFileSync(file);
-  }
-  throw new Error('gen/descriptor.binpb is missing: run `make gen`');
+  // This file runs as dist/src/lib/grpc/server.js.
+  const file = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../descriptor.binpb');
+  if (!fs.existsSync(file)) throw new Error(`${file} is missing: run \`make build\``);
+  return fs.readFileSync(file);
 }
 
 /** A running server. */
