@@ -37,14 +37,13 @@ const MAX_MESSAGE_BYTES = 128 * 1024;
 /** WAL sent to one safekeeper and not yet acknowledged, at most. */
 const IN_FLIGHT_WINDOW = 8 * 1024 * 1024;
 /** WAL messages sent to one safekeeper and not yet acknowledged, at most. */
-const MAX_UNACKNOWLEDGED_MESSAGES = Number(process.env.SPG99_WALPROPOSER_MAX_UNACKNOWLEDGED ?? 1);
+const MAX_UNACKNOWLEDGED_MESSAGES = 1;
 /** WAL kept in memory below the commit LSN for lagging safekeepers; beyond it they catch up from peers. */
 const BUFFER_KEEP_BYTES = 64 * 1024 * 1024;
 /** A safekeeper hears from us at least this often (it learns the commit LSN from it). */
 const HEARTBEAT_MS = 1000;
 /** A commit LSN with no WAL to carry it waits at most this long before it is sent on its own. */
 const COMMIT_ONLY_INTERVAL_MS = 20;
-const LINGER_MS = Number(process.env.SPG99_WALPROPOSER_LINGER_MS ?? 0);
 const VOTE_DEADLINE_MS = 5000;
 
 const commitLsnGauge = gauge('spg99_walproposer_commit_lsn', 'Highest LSN fsynced on a majority of safekeepers');
@@ -411,7 +410,6 @@ export class WalProposer {
       // Few messages in flight: under load, WAL accumulates while one is being fsynced and goes as one larger
       // message (the safekeepers' group commit), instead of one message per Postgres flush.
       if (unacknowledgedEnds.length < MAX_UNACKNOWLEDGED_MESSAGES && next - acknowledged < BigInt(IN_FLIGHT_WINDOW)) {
-        if (LINGER_MS > 0 && buffer.endLsn > next && buffer.endLsn - next < 65536n) await new Promise((resolve) => setTimeout(resolve, LINGER_MS));
         let data = buffer.read(next, MAX_MESSAGE_BYTES);
         if (data === null) data = await this.readFromPeers(peer, next, signal);
         const sinceLast = Date.now() - lastSent;
