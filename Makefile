@@ -38,10 +38,10 @@ test: lint build ## Runs every test (unit and integration, with real Postgres an
 	$(BIN)/mocha
 
 test-unit: build ## Runs only the unit tests
-	$(BIN)/mocha 'dist/test/unit/**/*.test.js'
+	$(BIN)/mocha --no-config --timeout 120000 --exit 'dist/test/unit/**/*.test.js'
 
 test-integration: build ## Runs only the integration tests
-	$(BIN)/mocha 'dist/test/integration/**/*.test.js'
+	$(BIN)/mocha --no-config --timeout 120000 --exit 'dist/test/integration/**/*.test.js'
 
 up: build ## Starts three safekeepers and a compute in .spg99/ and prints how to connect
 	node dist/scripts/local-cluster.js up

@@ -11,8 +11,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { TestEnv, newTimelineId } from '../test/harness/cluster.js';
-import { makeTempDir } from '../test/harness/component.js';
+import { Harness, TempDir } from '../test/harness/process.js';
+import { createTimeline, newTimelineId, startSafekeepers } from '../test/harness/safekeepers.js';
+import { ComputeNode } from '../test/harness/computes.js';
 import { initdb, PostgresServer } from '../src/lib/pg/postgres.js';
 import { createLogger } from '../src/lib/log.js';
 import { freePort } from '../src/lib/net.js';
@@ -77,15 +78,15 @@ async function baseline(workDir: string): Promise<Result> {
 }
 
 async function quorum(workDir: string): Promise<Result> {
-  const env = new TestEnv();
+  const harness = new Harness();
   try {
-    const safekeepers = await env.startSafekeepers(3);
+    const safekeepers = await startSafekeepers(harness, 3);
     const timelineId = newTimelineId();
-    await env.createTimeline(timelineId);
-    const compute = await env.startCompute({ timelineId, term: 1, safekeepers });
+    await createTimeline(safekeepers, timelineId);
+    const compute = await ComputeNode.start(harness, { timelineId, term: 1, safekeepers });
     return await pgbench(compute.pgPort, workDir, 'quorum');
   } finally {
-    await env.teardown();
+    await harness.teardown();
   }
 }
 
@@ -93,7 +94,7 @@ function format(result: Result): string {
   return `tps=${result.tps.toFixed(1)} p50_ms=${result.p50Ms.toFixed(2)} p99_ms=${result.p99Ms.toFixed(2)}`;
 }
 
-const workDir = makeTempDir('bench');
+const workDir = TempDir.create('bench').path;
 try {
   console.log(`pgbench TPC-B: scale ${scale}, ${clients} clients, ${seconds} s each`);
   const base = await baseline(workDir);

@@ -106,7 +106,9 @@ function convert(option: OptionSpec, raw: string | boolean, where: string): unkn
 export function parseHostPort(address: string, what: string): { host: string; port: number } {
   const index = address.lastIndexOf(':');
   const host = address.slice(0, index);
-  const port = Number(address.slice(index + 1));
+  const portText = address.slice(index + 1);
+  // Digits only: Number('') is 0, which would turn "host:" into "any free port".
+  const port = /^[0-9]{1,5}$/.test(portText) ? Number(portText) : Number.NaN;
   if (index <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
     throw new ConfigError(`${what} must be host:port (e.g. 127.0.0.1:7501), got "${address}"`);
   }

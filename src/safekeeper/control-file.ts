@@ -72,6 +72,11 @@ export function writeControlState(directory: string, state: ControlState): void 
   }
 }
 
+/** Whether `directory` holds a control file (a leftover `.tmp` alone does not count). */
+export function controlStateExists(directory: string): boolean {
+  return fs.existsSync(path.join(directory, FILE));
+}
+
 /** Reads the state; throws an error naming the file when it is unreadable. Null when there is none. */
 export function readControlState(directory: string): ControlState | null {
   const file = path.join(directory, FILE);

@@ -7,6 +7,7 @@ import type { Logger } from '../lib/log.js';
 import { gauge } from '../lib/metrics.js';
 import { alreadyExists, notFound } from '../lib/grpc/errors.js';
 import { Timeline } from './timeline.js';
+import { controlStateExists } from './control-file.js';
 import type { Repair } from './wal-store.js';
 import { TIMELINE_ID_PATTERN } from './model.js';
 
@@ -32,8 +33,16 @@ export class Safekeeper {
     await fsp.mkdir(root, { recursive: true });
     for (const name of await fsp.readdir(root)) {
       if (!TIMELINE_ID_PATTERN.test(name)) continue;
+      const directory = path.join(root, name);
+      if (!controlStateExists(directory)) {
+        // CreateTimeline answers only once the control file is durable: without one, a crash interrupted the create,
+        // nothing was promised or accepted here, and the caller (who got no answer) will retry it.
+        log.warn({ timelineId: name, directory }, 'removing a timeline whose creation a crash interrupted');
+        await fsp.rm(directory, { recursive: true, force: true });
+        continue;
+      }
       const repairs: Repair[] = [];
-      const timeline = await Timeline.load(path.join(root, name), repairs);
+      const timeline = await Timeline.load(directory, repairs);
       for (const repair of repairs) {
         log.warn({ timelineId: name, ...repair }, 'cut a torn WAL tail found at start (it was never acknowledged)');
       }

@@ -18,6 +18,12 @@ const appendedBytes = counter('spg99_safekeeper_appended_bytes_total', 'WAL byte
 const servedBytes = counter('spg99_safekeeper_served_bytes_total', 'WAL bytes streamed to consumers');
 const flushSeconds = histogram('spg99_safekeeper_append_flush_seconds', 'Time from receiving WAL to answering it is fsynced');
 
+function walRemoved(position: Lsn, oldestLsn: Lsn): Error {
+  return failedPrecondition(
+    `WAL at ${formatLsn(position)} is no longer on this safekeeper (oldest held: ${formatLsn(oldestLsn)}); read older WAL from object storage`,
+  );
+}
+
 /** Builds the service over a safekeeper's timelines. */
 export function safekeeperService(safekeeper: Safekeeper): SafekeeperServiceImplementation<ServerContextExtension> {
   return {
@@ -60,9 +66,9 @@ export function safekeeperService(safekeeper: Safekeeper): SafekeeperServiceImpl
       const proposerId = parseProposerId(start.proposerId);
       const output = new AsyncQueue<AppendResponse>();
       const session: AppendSession = { term, end: (error) => output.fail(error) };
+      timeline.openSession(session, proposerId);
       const onAbort = () => output.fail(context.signal.reason);
       context.signal.addEventListener('abort', onAbort);
-      timeline.openSession(session);
       try {
         const started = await timeline.startAppend({
           term,
@@ -120,16 +126,13 @@ export function safekeeperService(safekeeper: Safekeeper): SafekeeperServiceImpl
       if (endLsn !== 0n && endLsn < position) {
         throw invalidArgument(`end_lsn ${formatLsn(endLsn)} is below start_lsn ${formatLsn(position)}`);
       }
-      if (position < timeline.oldestLsn) {
-        throw failedPrecondition(
-          `WAL at ${formatLsn(position)} is no longer on this safekeeper (oldest held: ${formatLsn(timeline.oldestLsn)}); ` +
-            'read older WAL from object storage',
-        );
-      }
+      if (position < timeline.oldestLsn) throw walRemoved(position, timeline.oldestLsn);
       let lastSent = Date.now();
       for (;;) {
         if (timeline.isDeleted) throw notFound(`timeline ${timeline.timelineId} was deleted`);
         if (endLsn !== 0n && position >= endLsn) return;
+        // A consumer's progress report may have removed WAL this (slower) stream still needed.
+        if (position < timeline.oldestLsn) throw walRemoved(position, timeline.oldestLsn);
         const data = timeline.readWal(position, endLsn, request.includeUncommitted, MAX_WAL_MESSAGE_BYTES);
         if (data.length > 0) {
           const response: StreamWalResponse = {

@@ -3,6 +3,7 @@
  * proposer's history (truncating a divergent tail), accepts contiguous WAL of the promised term only, and knows
  * the commit LSN. Durable state changes are fsynced before the answer that depends on them.
  */
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { aborted, failedPrecondition, unavailable } from '../lib/grpc/errors.js';
@@ -57,6 +58,8 @@ export class Timeline {
     await fsp.mkdir(directory, { recursive: true });
     const state = emptyControlState(timelineId);
     writeControlState(directory, state);
+    // The timeline's directory entry must survive a crash before CreateTimeline answers.
+    syncDirectory(path.dirname(directory));
     return new Timeline(directory, state, await WalStore.open(path.join(directory, 'wal')));
   }
 
@@ -117,8 +120,12 @@ export class Timeline {
     return this.snapshot();
   }
 
-  /** Registers an Append stream; older streams of the same term are ended (the proposer reconnected). */
-  openSession(session: AppendSession): void {
+  /**
+   * Registers an Append stream of `proposerId`; older streams of the same or a lower term are ended (the proposer
+   * reconnected). The term is checked first: a stream that is refused must not end the current writer's.
+   */
+  openSession(session: AppendSession, proposerId: string): void {
+    this.checkTerm(session.term, proposerId);
     for (const other of this.sessions) {
       // UNAVAILABLE, not ABORTED: the proposer is not fenced, it reconnected; ABORTED always means a lost term.
       if (other.term <= session.term) other.end(unavailable(`a newer Append stream of term ${session.term} replaced this one`));
@@ -236,7 +243,7 @@ export class Timeline {
   /** Ends every stream and closes files. */
   close(): void {
     this.persistCommitIfMoved();
-    for (const session of this.sessions) session.end(new Error('the safekeeper is stopping'));
+    for (const session of this.sessions) session.end(unavailable('the safekeeper is stopping; reconnect'));
     this.wal.close();
   }
 
@@ -259,6 +266,15 @@ export class Timeline {
     if (term > this.state.promisedTerm) {
       throw failedPrecondition(`term ${term} has not been voted for on timeline ${this.timelineId}: call Vote first`);
     }
+  }
+}
+
+function syncDirectory(directory: string): void {
+  const fd = fs.openSync(directory, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 

@@ -192,6 +192,7 @@ export class WalStore {
         await handle.close();
       }
       target.ready = true;
+      if (this.preallocation !== target) fs.rmSync(target.path, { force: true });
     })().catch(() => {
       // Only an optimization: the segment file is then created when first written.
       if (this.preallocation === target) this.preallocation = null;
@@ -353,6 +354,11 @@ export class WalStore {
         file.fd = fs.openSync(file.path, 'r+');
       } else {
         file.fd = fs.openSync(file.path, 'w+');
+        // A preallocation that came too late is of no use any more: drop it (its job removes the file).
+        if (preallocated && preallocated.segment <= segment) {
+          this.preallocation = null;
+          if (preallocated.ready) fs.rmSync(preallocated.path, { force: true });
+        }
       }
       // The new file's name must survive a crash too.
       this.syncDirectory();
@@ -404,8 +410,13 @@ export class WalStore {
         break;
       }
       fs.readSync(fd, header, 0, HEADER_SIZE, offset);
-      // Zeros: the preallocated rest of the file, the clean end of its chunks.
-      if (header.equals(ZERO_HEADER)) break;
+      // Zeros: the preallocated rest of the file, the clean end of its chunks -- when all the rest is zeros. Other
+      // bytes there are WAL written after a chunk that was lost (a crash persists pages in any order): never
+      // acknowledged, and they must be cut, or a later chunk filling the gap exactly would bring them back.
+      if (header.equals(ZERO_HEADER)) {
+        if (!isZero(fd, offset, size - offset)) problem = 'a zeroed (lost) chunk followed by more WAL';
+        break;
+      }
       const length = header.readUInt32LE(4);
       const beginLsn = header.readBigUInt64LE(8);
       if (header.readUInt32LE(0) !== MAGIC) {
@@ -453,10 +464,17 @@ export class WalStore {
   }
 }
 
+/** Whether `length` bytes of the file from `offset` are all zeros (read 1 MiB at a time). */
 function isZero(fd: number, offset: number, length: number): boolean {
-  const bytes = Buffer.alloc(length);
-  fs.readSync(fd, bytes, 0, length, offset);
-  return bytes.equals(Buffer.alloc(length));
+  const piece = Buffer.alloc(Math.min(length, 1024 * 1024));
+  const zeros = Buffer.alloc(piece.length);
+  for (let done = 0; done < length; ) {
+    const read = fs.readSync(fd, piece, 0, Math.min(piece.length, length - done), offset + done);
+    if (read === 0) break;
+    if (!piece.subarray(0, read).equals(zeros.subarray(0, read))) return false;
+    done += read;
+  }
+  return true;
 }
 
 export { WAL_SEGMENT_SIZE };

@@ -4,25 +4,14 @@
  */
 import { expect } from 'chai';
 import type pg from 'pg';
-import { TestEnv, newTimelineId, type SafekeeperNode, type ComputeNode } from '../harness/cluster.js';
-import { waitFor } from '../harness/component.js';
-import { healthStatus, reflectedServices } from '../harness/grpc-probe.js';
+import { useHarness, waitFor, grpcHealthStatus, HealthCheckResponse_ServingStatus } from '../harness/process.js';
+import { createTimeline, newTimelineId, readWal, startSafekeepers, type SafekeeperNode } from '../harness/safekeepers.js';
+import { ComputeNode } from '../harness/computes.js';
+import { reflectedServices } from '../harness/reflection.js';
+import { openChannel } from '../../src/lib/grpc/client.js';
 import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { ComputeState } from '../../gen/spg99/compute/v1/compute.js';
 import { formatLsn, parseLsn, type Lsn } from '../../src/lib/lsn.js';
-
-/** All WAL a safekeeper holds, fsynced, from its oldest LSN. */
-async function walOf(node: SafekeeperNode, timelineId: string): Promise<{ start: Lsn; data: Buffer }> {
-  const { status } = await node.client.getTimelineStatus({ timelineId });
-  const start = status!.oldestLsn;
-  const parts: Buffer[] = [];
-  if (status!.flushLsn > start) {
-    for await (const message of node.client.streamWal({ timelineId, startLsn: start, endLsn: status!.flushLsn, includeUncommitted: true })) {
-      parts.push(Buffer.from(message.walData));
-    }
-  }
-  return { start, data: Buffer.concat(parts) };
-}
 
 async function sessionLsn(client: pg.Client): Promise<Lsn> {
   const result = await client.query<{ lsn: string }>('SELECT pg_current_wal_flush_lsn()::text AS lsn');
@@ -35,39 +24,49 @@ async function commitWaitsForQuorum(observer: pg.Client): Promise<boolean> {
   return (result.rowCount ?? 0) > 0;
 }
 
+async function healthOf(address: string): Promise<HealthCheckResponse_ServingStatus> {
+  const channel = openChannel(address);
+  try {
+    return await grpcHealthStatus(channel);
+  } finally {
+    channel.close();
+  }
+}
+
 describe('walproposer (agent + Postgres + three safekeepers)', function () {
   this.timeout(180_000);
-  let env: TestEnv;
+  const harness = useHarness();
   let timelineId: string;
   let safekeepers: SafekeeperNode[];
   const clients: pg.Client[] = [];
 
   async function connect(compute: ComputeNode): Promise<pg.Client> {
     const client = await compute.connect();
-    client.on('error', () => undefined); // Connections die on purpose in these tests.
     clients.push(client);
     return client;
   }
 
+  function startCompute(options: { term: number; pgDataDir?: string; waitReady?: boolean }): Promise<ComputeNode> {
+    return ComputeNode.start(harness(), { timelineId, safekeepers, ...options });
+  }
+
   beforeEach(async () => {
-    env = new TestEnv();
     timelineId = newTimelineId();
-    safekeepers = await env.startSafekeepers(3);
-    await env.createTimeline(timelineId);
+    safekeepers = await startSafekeepers(harness(), 3);
+    await createTimeline(safekeepers, timelineId);
   });
 
   afterEach(async () => {
     await Promise.allSettled(clients.splice(0).map((client) => client.end()));
-    await env.teardown();
   });
 
   it('answers health and lists its services through reflection (agent and safekeepers)', async () => {
-    const compute = await env.startCompute({ timelineId, term: 1, safekeepers });
+    const compute = await startCompute({ term: 1 });
     const agentAddress = `127.0.0.1:${compute.grpcPort}`;
-    expect(await healthStatus(agentAddress)).to.equal('SERVING');
+    expect(await healthOf(agentAddress)).to.equal(HealthCheckResponse_ServingStatus.SERVING);
     expect(await reflectedServices(agentAddress)).to.include.members(['spg99.compute.v1.ComputeService', 'grpc.health.v1.Health']);
     for (const node of safekeepers) {
-      expect(await healthStatus(node.address)).to.equal('SERVING');
+      expect(await healthOf(node.address)).to.equal(HealthCheckResponse_ServingStatus.SERVING);
       expect(await reflectedServices(node.address)).to.include.members(['spg99.safekeeper.v1.SafekeeperService', 'grpc.health.v1.Health']);
     }
     const status = await compute.client.getStatus({});
@@ -77,7 +76,7 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
   });
 
   it('a commit does not return while 2 of 3 safekeepers are down, and returns once one comes back', async () => {
-    const compute = await env.startCompute({ timelineId, term: 1, safekeepers });
+    const compute = await startCompute({ term: 1 });
     const writer = await connect(compute);
     const observer = await connect(compute);
     await writer.query('CREATE TABLE accounts (id int PRIMARY KEY, balance int)');
@@ -102,7 +101,7 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
   });
 
   it('kill -9 of one safekeeper under load: no client error, every acknowledged commit is on a majority', async () => {
-    const compute = await env.startCompute({ timelineId, term: 1, safekeepers });
+    const compute = await startCompute({ term: 1 });
     const setup = await connect(compute);
     await setup.query('CREATE TABLE markers (id text PRIMARY KEY)');
     const writers = await Promise.all([1, 2, 3, 4].map(() => connect(compute)));
@@ -128,14 +127,19 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
 
     // The killed safekeeper comes back from its disk; each acknowledged marker must be in the WAL of two of three.
     await safekeepers[0].restart();
-    const wals = await Promise.all(safekeepers.map((node) => walOf(node, timelineId)));
+    const wals = await Promise.all(
+      safekeepers.map(async (node) => {
+        const status = await node.status(timelineId);
+        return readWal(node.client, { timelineId, startLsn: status.oldestLsn, endLsn: status.flushLsn, includeUncommitted: true });
+      }),
+    );
     const missing = acknowledged.filter((marker) => wals.filter((wal) => wal.data.includes(marker)).length < 2);
     expect(missing.length, `acknowledged markers on fewer than 2 safekeepers: ${missing.slice(0, 5).join(', ')}`).to.equal(0);
     expect(acknowledged.length).to.be.at.least(400);
   });
 
   it('a higher term fences the running writer: its next commit fails and its Postgres stops within a second', async () => {
-    const compute = await env.startCompute({ timelineId, term: 1, safekeepers });
+    const compute = await startCompute({ term: 1 });
     compute.process.expectedErrors.push(/replication/);
     const client = await connect(compute);
     await client.query('CREATE TABLE t (x int)');
@@ -147,8 +151,8 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
     for (const node of safekeepers.slice(0, 2)) {
       await node.client.vote({ timelineId, term: 2n, proposerId: 'compute-newer' });
     }
-    const fenced = await compute.process.waitForLine((line) => String(line.msg).startsWith('fenced'), 'the fenced log line', 10_000);
-    const stopped = await compute.process.waitForLine((line) => line.msg === 'Postgres stopped', 'Postgres stopped', 10_000);
+    const fenced = await compute.process.waitForLine((line) => String(line.msg).startsWith('fenced'), { what: 'the fenced log line', timeoutMs: 10_000 });
+    const stopped = await compute.process.waitForLine((line) => line.msg === 'Postgres stopped', { what: 'Postgres stopped', timeoutMs: 10_000 });
     const fencedToStopped = Date.parse(stopped.time as string) - Date.parse(fenced.time as string);
     expect(fencedToStopped, 'ms from fencing to Postgres stopped').to.be.below(1000);
     expect(compute.postmasterPid()).to.equal(null);
@@ -170,9 +174,10 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
   });
 
   it('a compute with a lower term is refused at election and never starts Postgres', async () => {
-    await safekeepers[0].client.vote({ timelineId, term: 5n, proposerId: 'compute-newer' });
-    const compute = await env.startCompute({ timelineId, term: 3, safekeepers, waitReady: false });
-    await compute.process.waitForLine((line) => String(line.msg).startsWith('fenced'), 'fencing at election', 30_000);
+    // A newer writer holds term 5 on a majority: term 3 can win no election.
+    for (const node of safekeepers.slice(0, 2)) await node.client.vote({ timelineId, term: 5n, proposerId: 'compute-newer' });
+    const compute = await startCompute({ term: 3, waitReady: false });
+    await compute.process.waitForLine((line) => String(line.msg).startsWith('fenced'), { what: 'fencing at election', timeoutMs: 30_000 });
     const status = await waitFor(
       async () => {
         const answer = await compute.client.getStatus({});
@@ -180,12 +185,12 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
       },
       { what: 'state FENCED' },
     );
-    expect(status.reason).to.match(/refused term 3/);
+    expect(status.reason).to.match(/term 3 is not above term 5/);
     expect(compute.postmasterPid()).to.equal(null);
   });
 
   it('keeps committing through the loss of a minority; a restarted safekeeper catches up from its disk', async () => {
-    const compute = await env.startCompute({ timelineId, term: 1, safekeepers });
+    const compute = await startCompute({ term: 1 });
     const client = await connect(compute);
     await client.query('CREATE TABLE t (x int)');
     await safekeepers[2].stop();
@@ -207,7 +212,7 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
   });
 
   it('the next writer truncates a divergent tail of the old term; term histories agree afterwards', async () => {
-    const first = await env.startCompute({ timelineId, term: 1, safekeepers });
+    const first = await startCompute({ term: 1 });
     const client = await connect(first);
     await client.query('CREATE TABLE t (x int)');
     // Two safekeepers stop: WAL still reaches the first, which gets a tail no majority holds.
@@ -230,12 +235,12 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
     await safekeepers[0].stop();
     await safekeepers[1].restart();
     await safekeepers[2].restart();
-    const second = await env.startCompute({ timelineId, term: 2, safekeepers, pgDataDir: first.pgDataDir });
+    const second = await startCompute({ term: 2, pgDataDir: first.pgDataDir });
     second.process.expectedErrors.push(/replication/);
     await safekeepers[0].restart();
     const joined = await second.process.waitForLine(
       (line) => line.safekeeper === safekeepers[0].address && typeof line.msg === 'string' && line.msg.startsWith('safekeeper joined'),
-      'the first safekeeper to rejoin',
+      { what: 'the first safekeeper to rejoin' },
     );
     expect(joined.msg).to.equal('safekeeper joined; its divergent tail was truncated');
     expect(parseLsn(joined.startAt as string) < tailEnd, 'truncated below the old tail').to.equal(true);

@@ -1,0 +1,111 @@
+/**
+ * Computes under test: the agent (walproposer + Postgres) started through the harness, on free ports, in the
+ * harness' temporary directories. A compute whose agent was killed leaves its Postgres running: the harness stops
+ * that one too.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import pg from 'pg';
+import { ComputeServiceDefinition } from '../../gen/spg99/compute/v1/compute.js';
+import { createSpgClient, openChannel, type SpgClient } from '../../src/lib/grpc/client.js';
+import { freePort } from '../../src/lib/net.js';
+import type { ComponentProcess, Harness, LogLine } from './process.js';
+import type { SafekeeperNode } from './safekeepers.js';
+
+/** Options of a compute start. */
+export interface ComputeOptions {
+  timelineId: string;
+  term: number;
+  safekeepers: readonly SafekeeperNode[];
+  computeId?: string;
+  /** Reuse a data directory (a restart, or a new writer on an old one); a new one otherwise. */
+  pgDataDir?: string;
+  /** Wait for "agent ready" (default true). */
+  waitReady?: boolean;
+  env?: NodeJS.ProcessEnv;
+}
+
+let computes = 0;
+
+/** A compute (agent + Postgres) under test. */
+export class ComputeNode {
+  readonly client: SpgClient<typeof ComputeServiceDefinition>;
+
+  private constructor(
+    readonly computeId: string,
+    readonly process: ComponentProcess,
+    readonly pgDataDir: string,
+    readonly pgPort: number,
+    readonly grpcPort: number,
+    harness: Harness,
+  ) {
+    const channel = openChannel(`127.0.0.1:${grpcPort}`);
+    this.client = createSpgClient(ComputeServiceDefinition, channel);
+    harness.defer(() => channel.close());
+  }
+
+  /** Starts the agent; waits for "agent ready" unless told not to. */
+  static async start(harness: Harness, options: ComputeOptions): Promise<ComputeNode> {
+    computes += 1;
+    const computeId = options.computeId ?? `compute-${computes}`;
+    const pgDataDir = options.pgDataDir ?? path.join(harness.tempDir(computeId).path, 'pgdata');
+    const [pgPort, grpcPort] = [await freePort(), await freePort()];
+    const args = [
+      '--compute-id', computeId,
+      '--timeline-id', options.timelineId,
+      '--term', String(options.term),
+      '--safekeepers', options.safekeepers.map((node) => node.address).join(','),
+      '--pg-data-dir', pgDataDir,
+      '--pg-port', String(pgPort),
+      '--listen', `127.0.0.1:${grpcPort}`,
+      '--metrics-listen', '127.0.0.1:0',
+    ];
+    const child = harness.spawn('agent', args, { label: computeId, env: options.env, stopFirst: true });
+    const node = new ComputeNode(computeId, child, pgDataDir, pgPort, grpcPort, harness);
+    // Cleanups run before processes stop: only an orphaned Postgres (its agent killed) is killed here, never one
+    // a later compute started in the same data directory.
+    harness.defer(() => {
+      const pid = node.postmasterPid();
+      if (!pid || !child.exited) return;
+      const parent = parentPid(pid);
+      if (!harness.started.some((other) => !other.exited && other.pid === parent)) process.kill(pid, 'SIGKILL');
+    });
+    await child.waitForLine((line) => line.msg === 'agent serving; starting the compute', { what: '"agent serving"' });
+    if (options.waitReady ?? true) await node.waitReady();
+    return node;
+  }
+
+  /** A node-postgres client of its Postgres, connected (end it; errors of connections cut on purpose are ignored). */
+  async connect(): Promise<pg.Client> {
+    const client = new pg.Client({ host: '127.0.0.1', port: this.pgPort, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 10_000 });
+    client.on('error', () => undefined);
+    await client.connect();
+    return client;
+  }
+
+  /** The postmaster's pid from its data directory, or null once it is gone. */
+  postmasterPid(): number | null {
+    try {
+      const pid = Number(fs.readFileSync(path.join(this.pgDataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      process.kill(pid, 0);
+      return pid;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Waits for the agent's "agent ready" line. */
+  waitReady(timeoutMs = 90_000): Promise<LogLine> {
+    return this.process.waitForLine((line) => line.msg === 'agent ready', { what: '"agent ready"', timeoutMs });
+  }
+}
+
+/** The parent of process `pid` (from /proc), or null when it is gone. */
+function parentPid(pid: number): number | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,28 @@
+/**
+ * Server reflection as `grpcurl list` uses it: the services a server lists (grpc.reflection.v1).
+ */
+import { createChannel, createClient } from 'nice-grpc';
+import { ServerReflectionService } from 'nice-grpc-server-reflection';
+import reflectionMessages from 'nice-grpc-server-reflection/lib/proto/grpc/reflection/v1/reflection_pb.js';
+
+/** The services `address` lists through server reflection. */
+export async function reflectedServices(address: string): Promise<string[]> {
+  const channel = createChannel(address);
+  try {
+    const reflection = createClient(ServerReflectionService, channel);
+    const request = new reflectionMessages.ServerReflectionRequest();
+    request.setListServices('*');
+    async function* requests() {
+      yield request;
+    }
+    const services: string[] = [];
+    for await (const response of reflection.serverReflectionInfo(requests(), { signal: AbortSignal.timeout(5000) })) {
+      const list = response.getListServicesResponse();
+      if (!list) throw new Error(`${address} answered list_services with ${JSON.stringify(response.toObject())}`);
+      services.push(...list.getServiceList().map((service) => service.getName()));
+    }
+    return services;
+  } finally {
+    channel.close();
+  }
+}
