@@ -3,7 +3,8 @@
  * (the walproposer), answering ComputeService calls.
  */
 import { buildServer } from '../src/lib/grpc/server.js';
-import { loadConfig, parseHostPort, usage } from '../src/lib/config.js';
+import { ConfigError, parseHostPort } from '../src/lib/config.js';
+import { TIMELINE_ID_PATTERN } from '../src/lib/ids.js';
 import { createLogger, newTraceId } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
@@ -24,16 +25,13 @@ const spec = {
   metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint', default: '127.0.0.1:0' },
 } as const;
 
-if (process.argv.includes('--help')) {
-  console.log(usage('agent', spec));
-  process.exit(0);
-}
-
-await runComponent('agent', async () => {
-  const config = loadConfig(spec);
+await runComponent('agent', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
   const metricsAddress = parseHostPort(config.metricsListen, '--metrics-listen');
   for (const address of config.safekeepers) parseHostPort(address, '--safekeepers');
+  if (!TIMELINE_ID_PATTERN.test(config.timelineId)) {
+    throw new ConfigError(`--timeline-id must be tl- followed by 32 lowercase hex digits, got "${config.timelineId}"`);
+  }
   const traceId = newTraceId();
   const log = createLogger('agent', { computeId: config.computeId, timelineId: config.timelineId, traceId });
   const pgPort = config.pgPort === 0 ? await freePort() : config.pgPort;

@@ -2,7 +2,7 @@
  * The safekeeper: keeps each timeline's WAL durable on local disk and takes part in the writer election.
  */
 import { buildServer } from '../src/lib/grpc/server.js';
-import { loadConfig, parseHostPort, usage } from '../src/lib/config.js';
+import { parseHostPort } from '../src/lib/config.js';
 import { createLogger } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
@@ -17,13 +17,7 @@ const spec = {
   metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint (port 0 picks a free one)', default: '127.0.0.1:0' },
 } as const;
 
-if (process.argv.includes('--help')) {
-  console.log(usage('safekeeper', spec));
-  process.exit(0);
-}
-
-await runComponent('safekeeper', async () => {
-  const config = loadConfig(spec);
+await runComponent('safekeeper', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
   const log = createLogger('safekeeper', { safekeeperId: config.id });
   const safekeeper = await Safekeeper.open(config.dataDir, log);

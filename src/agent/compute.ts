@@ -208,25 +208,17 @@ export class Compute {
     const termStartLsn = this.termStartFor(election, identity);
     await replication.ensurePhysicalSlot(SLOT_NAME);
     this.proposer.begin(election, termStartLsn, identity.systemId);
-    const events = replication.startReplication(SLOT_NAME, termStartLsn, identity.timeline, this.controller.signal);
-    // The first message proves the stream is open; the rest is consumed in the background.
-    const iterator = events[Symbol.asyncIterator]();
-    const consume = async (first: IteratorResult<unknown>) => {
-      let next = first;
-      for (;;) {
-        if (next.done) return;
-        const event = next.value as Awaited<ReturnType<typeof iterator.next>>['value'];
+    const events = await replication.startReplication(SLOT_NAME, termStartLsn, identity.timeline, this.controller.signal);
+    // Postgres accepted the stream; what follows is consumed in the background.
+    this.streaming = (async () => {
+      for await (const event of events) {
         if (event.kind === 'wal') {
           this.proposer.pushWal(event.message.beginLsn, event.message.data);
         } else if (event.replyRequested) {
           replication.sendStatus(this.proposer.receivedLsn, this.proposer.commitLsn, this.proposer.commitLsn);
         }
-        next = await iterator.next();
       }
-    };
-    replication.sendStatus(termStartLsn, this.proposer.commitLsn, this.proposer.commitLsn, true);
-    const first = await iterator.next();
-    this.streaming = consume(first).catch((error: unknown) => {
+    })().catch((error: unknown) => {
       if (this.controller.signal.aborted || this.shuttingDown) return;
       this.options.log.error({ err: error }, 'the replication stream from Postgres failed');
       this.fail(`replication from Postgres failed: ${(error as Error).message}`);

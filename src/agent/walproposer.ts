@@ -40,6 +40,8 @@ const IN_FLIGHT_WINDOW = 8 * 1024 * 1024;
 const MAX_UNACKNOWLEDGED_MESSAGES = 1;
 /** WAL kept in memory below the commit LSN for lagging safekeepers; beyond it they catch up from peers. */
 const BUFFER_KEEP_BYTES = 64 * 1024 * 1024;
+/** WAL read from another safekeeper per StreamWal call when one lags below the buffer. */
+const CATCH_UP_READ_BYTES = 4 * 1024 * 1024;
 /** A safekeeper hears from us at least this often (it learns the commit LSN from it). */
 const HEARTBEAT_MS = 1000;
 /** A commit LSN with no WAL to carry it waits at most this long before it is sent on its own. */
@@ -403,6 +405,7 @@ export class WalProposer {
     let sentCommit = -1n;
     let lastSent = Date.now();
     const unacknowledgedEnds: Lsn[] = [];
+    let catchUp: { beginLsn: Lsn; data: Buffer } | null = null;
     for (;;) {
       if (signal.aborted) throw signal.reason;
       const acknowledged = peer.flushLsn ?? 0n;
@@ -411,7 +414,14 @@ export class WalProposer {
       // message (the safekeepers' group commit), instead of one message per Postgres flush.
       if (unacknowledgedEnds.length < MAX_UNACKNOWLEDGED_MESSAGES && next - acknowledged < BigInt(IN_FLIGHT_WINDOW)) {
         let data = buffer.read(next, MAX_MESSAGE_BYTES);
-        if (data === null) data = await this.readFromPeers(peer, next, signal);
+        if (data === null) {
+          // Below the buffer: WAL from another safekeeper, fetched a few MiB at a time and sent in message-sized pieces.
+          if (!catchUp || next < catchUp.beginLsn || next >= catchUp.beginLsn + BigInt(catchUp.data.length)) {
+            catchUp = { beginLsn: next, data: await this.readFromPeers(peer, next, signal) };
+          }
+          const offset = Number(next - catchUp.beginLsn);
+          data = catchUp.data.subarray(offset, offset + MAX_MESSAGE_BYTES);
+        }
         const sinceLast = Date.now() - lastSent;
         // The commit LSN rides on WAL messages; alone it goes at most every COMMIT_ONLY_INTERVAL_MS (an extra
         // message per commit to every safekeeper would double the traffic under load).
@@ -449,9 +459,16 @@ export class WalProposer {
           { timelineId: this.options.timelineId, startLsn: lsn, endLsn: until, includeUncommitted: true },
           { signal, deadline: new Date(Date.now() + 10_000) },
         );
+        const parts: Buffer[] = [];
+        let position = lsn;
         for await (const message of stream) {
-          if (message.walData.length > 0 && message.beginLsn === lsn) return message.walData;
+          if (message.walData.length === 0) continue;
+          if (message.beginLsn !== position) throw new Error(`WAL at ${formatLsn(message.beginLsn)} where ${formatLsn(position)} was expected`);
+          parts.push(message.walData);
+          position += BigInt(message.walData.length);
+          if (position - lsn >= BigInt(CATCH_UP_READ_BYTES)) break;
         }
+        if (parts.length > 0) return Buffer.concat(parts);
       } catch (error) {
         if (signal.aborted) throw error;
         this.options.log.warn({ source: source.peer.address, lsn: formatLsn(lsn), error: describe(error) }, 'could not read WAL from a peer');

@@ -2,17 +2,25 @@
  * Process lifecycle for `cmd/*` entry points: configuration errors printed as such, and a clean stop on SIGTERM
  * or SIGINT (a second signal exits at once).
  */
-import { ConfigError } from './config.js';
+import { ConfigError, loadConfig, usage, type ConfigOf, type OptionSpec } from './config.js';
 import type { Logger } from './log.js';
 
-/** Runs `start`; on SIGTERM/SIGINT runs the stop function it returned and exits 0. Exits 2 on a ConfigError. */
-export async function runComponent(
+/**
+ * Runs a component: `--help` prints the options of `spec`; otherwise the configuration is read and `start` runs;
+ * on SIGTERM/SIGINT the stop function it returned runs and the process exits 0. Exits 2 on a configuration error.
+ */
+export async function runComponent<S extends Record<string, OptionSpec>>(
   name: string,
-  start: () => Promise<{ log: Logger; stop: () => Promise<void> }>,
+  spec: S,
+  start: (config: ConfigOf<S>) => Promise<{ log: Logger; stop: () => Promise<void> }>,
 ): Promise<void> {
+  if (process.argv.includes('--help')) {
+    console.log(usage(name, spec));
+    process.exit(0);
+  }
   let started: { log: Logger; stop: () => Promise<void> };
   try {
-    started = await start();
+    started = await start(loadConfig(spec));
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`${name}: ${error.message}\n`);

@@ -3,12 +3,12 @@
  * INVALID_ARGUMENT naming it, so the domain code never sees undefined fields.
  */
 import { invalidArgument } from '../lib/grpc/errors.js';
+import { TIMELINE_ID_PATTERN } from '../lib/ids.js';
 import type { TermSwitch as TermSwitchMessage, TimelineStatus } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import type { TermSwitch } from '../lib/consensus/term-history.js';
 import type { TimelineSnapshot } from './timeline.js';
 
-/** Timeline ids: `tl-` and 32 lowercase hex digits. */
-export const TIMELINE_ID_PATTERN = /^tl-[0-9a-f]{32}$/;
+export { TIMELINE_ID_PATTERN };
 
 /** Checks a timeline id. */
 export function parseTimelineId(value: string, field = 'timeline_id'): string {

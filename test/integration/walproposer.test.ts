@@ -189,6 +189,36 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
     expect(compute.postmasterPid()).to.equal(null);
   });
 
+  it('the next writer brings a safekeeper that missed the end of the old term up to date from the donor', async () => {
+    const first = await startCompute({ term: 1 });
+    const client = await connect(first);
+    await client.query('CREATE TABLE t (x int)');
+    // The third safekeeper misses the end of term 1: several MiB of WAL, more than one Append message.
+    await safekeepers[2].stop();
+    await client.query("INSERT INTO t SELECT generate_series(1, 100000)");
+    await client.end();
+    await first.process.stop();
+    const termOneEnd = (await safekeepers[0].status(timelineId)).flushLsn;
+    await safekeepers[2].restart();
+    const lagging = (await safekeepers[2].status(timelineId)).flushLsn;
+    expect(termOneEnd - lagging > 1_000_000n, 'the third safekeeper lags by more than a MiB').to.equal(true);
+
+    // Term 2 starts at the donor's end; the lagging safekeeper gets what it missed from the donor, not Postgres.
+    const second = await startCompute({ term: 2, pgDataDir: first.pgDataDir });
+    const writer = await connect(second);
+    await writer.query('INSERT INTO t VALUES (-1)');
+    const target = await sessionLsn(writer);
+    await waitFor(async () => (await safekeepers[2].status(timelineId)).flushLsn >= target, {
+      what: `the lagging safekeeper to reach ${formatLsn(target)}`,
+    });
+    const range = { timelineId, startLsn: lagging, endLsn: target, includeUncommitted: true };
+    const [reference, caughtUp] = await Promise.all([readWal(safekeepers[0].client, range), readWal(safekeepers[2].client, range)]);
+    expect(caughtUp.data.length).to.equal(Number(target - lagging));
+    expect(caughtUp.data.equals(reference.data), 'the WAL it was given is the donor\'s').to.equal(true);
+    const statuses = await Promise.all(safekeepers.map((node) => node.status(timelineId)));
+    for (const status of statuses) expect(status.termHistory).to.deep.equal(statuses[0].termHistory);
+  });
+
   it('keeps committing through the loss of a minority; a restarted safekeeper catches up from its disk', async () => {
     const compute = await startCompute({ term: 1 });
     const client = await connect(compute);

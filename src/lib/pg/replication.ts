@@ -122,16 +122,20 @@ export class ReplicationConnection {
   }
 
   /**
-   * Starts streaming WAL from `startLsn` through `slot` and yields what arrives. Ends (throws) when Postgres
-   * closes the stream; `signal` ends it from this side.
+   * Starts streaming WAL from `startLsn` through `slot`; resolves once Postgres has accepted (CopyBoth), with the
+   * events that follow. They end (throw) when Postgres closes the stream; `signal` ends it from this side.
    */
-  async *startReplication(slot: string, startLsn: Lsn, timeline: number, signal: AbortSignal): AsyncGenerator<ReplicationEvent> {
+  async startReplication(slot: string, startLsn: Lsn, timeline: number, signal: AbortSignal): Promise<AsyncGenerator<ReplicationEvent>> {
     this.socket.write(serialize.query(`START_REPLICATION SLOT ${slot} PHYSICAL ${formatLsn(startLsn)} TIMELINE ${timeline}`));
     for (;;) {
       const message = await this.next();
       if (message.name === 'replicationStart') break;
       if (message.name === 'error') throw toError(message);
     }
+    return this.events(signal);
+  }
+
+  private async *events(signal: AbortSignal): AsyncGenerator<ReplicationEvent> {
     const onAbort = () => this.close(new Error('replication stopped'));
     signal.addEventListener('abort', onAbort, { once: true });
     try {
