@@ -75,6 +75,28 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
     expect(Object.keys(status.startPhaseSeconds)).to.include.members(['election', 'postgres_start', 'sync_safekeepers']);
   });
 
+  it('reports activity, and a Stop puts the final checkpoint on a majority and returns its LSN', async () => {
+    const compute = await startCompute({ term: 1 });
+    const client = await connect(compute);
+    await client.query('CREATE TABLE t (x int)');
+    await client.query('INSERT INTO t VALUES (1)');
+    const metrics = await compute.client.getMetrics({});
+    expect(metrics.activeConnections).to.be.at.least(1);
+    expect(metrics.transactions > 0n, 'transactions counted').to.equal(true);
+    expect(metrics.walBytes > 0n, 'WAL bytes counted').to.equal(true);
+    const beforeStop = await sessionLsn(client);
+
+    const { finalLsn } = await compute.client.stop({ checkpoint: true });
+    expect(finalLsn > beforeStop, 'the shutdown checkpoint follows the last commit').to.equal(true);
+    expect(compute.postmasterPid()).to.equal(null);
+    const flushes = await Promise.all(safekeepers.map(async (node) => (await node.status(timelineId)).flushLsn));
+    expect(flushes.filter((flush) => flush >= finalLsn).length, 'safekeepers holding the final LSN').to.be.at.least(2);
+    const status = await compute.client.getStatus({});
+    expect(status.state).to.equal(ComputeState.COMPUTE_STATE_STOPPED);
+    const refused = await compute.client.getMetrics({}).catch((error: unknown) => error);
+    expect((refused as ClientError).code).to.equal(Status.FAILED_PRECONDITION);
+  });
+
   it('a commit does not return while 2 of 3 safekeepers are down, and returns once one comes back', async () => {
     const compute = await startCompute({ term: 1 });
     const writer = await connect(compute);
