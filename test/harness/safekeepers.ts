@@ -165,6 +165,14 @@ function portOf(ready: LogLine, child: ComponentProcess): number {
   return port;
 }
 
+/** Starts one safekeeper holding one new, empty timeline (what most single-safekeeper tests begin with). */
+export async function startSafekeeperWithTimeline(harness: Harness): Promise<{ node: SafekeeperNode; timelineId: string }> {
+  const [node] = await startSafekeepers(harness, 1);
+  const timelineId = newTimelineId();
+  await createTimeline([node], timelineId);
+  return { node, timelineId };
+}
+
 /** Starts `count` safekeepers (`sk-1` … `sk-<count>`) in parallel. */
 export async function startSafekeepers(harness: Harness, count: number, options: Omit<SafekeeperOptions, 'id'> = {}): Promise<SafekeeperNode[]> {
   return Promise.all(Array.from({ length: count }, (_, index) => SafekeeperNode.start(harness, { ...options, id: `sk-${index + 1}` })));

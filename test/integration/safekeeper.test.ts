@@ -22,6 +22,7 @@ import {
   newTimelineId,
   readWal,
   startSafekeepers,
+  startSafekeeperWithTimeline,
   type SafekeeperNode,
 } from '../harness/safekeepers.js';
 
@@ -96,9 +97,7 @@ describe('safekeeper (real processes over gRPC)', function () {
     let timelineId: string;
 
     beforeEach(async () => {
-      [node] = await startSafekeepers(harness(), 1);
-      timelineId = newTimelineId();
-      await createTimeline([node], timelineId);
+      ({ node, timelineId } = await startSafekeeperWithTimeline(harness()));
     });
 
     it('a malformed timeline id: INVALID_ARGUMENT naming timeline_id', async () => {
@@ -187,9 +186,7 @@ describe('safekeeper (real processes over gRPC)', function () {
     let timelineId: string;
 
     beforeEach(async () => {
-      [node] = await startSafekeepers(harness(), 1);
-      timelineId = newTimelineId();
-      await createTimeline([node], timelineId);
+      ({ node, timelineId } = await startSafekeeperWithTimeline(harness()));
     });
 
     it('beyond the commit LSN is refused with INVALID_ARGUMENT; a valid report shows in the status', async () => {
@@ -243,9 +240,7 @@ describe('safekeeper (real processes over gRPC)', function () {
   });
 
   it('accepts WAL from an elected proposer, acknowledges flushes, and serves exactly the committed WAL', async () => {
-    const [node] = await startSafekeepers(harness(), 1);
-    const timelineId = newTimelineId();
-    await createTimeline([node], timelineId);
+    const { node, timelineId } = await startSafekeeperWithTimeline(harness());
 
     const { status: voted } = await node.client.vote({ timelineId, term: 1n, proposerId: 'compute-1' });
     expect(voted).to.deep.include({ promisedTerm: 1n, promisedProposerId: 'compute-1', flushLsn: 0n, termHistory: [] });
@@ -296,9 +291,7 @@ describe('safekeeper (real processes over gRPC)', function () {
   });
 
   it('fences a proposer whose term was superseded', async () => {
-    const [node] = await startSafekeepers(harness(), 1);
-    const timelineId = newTimelineId();
-    await createTimeline([node], timelineId);
+    const { node, timelineId } = await startSafekeeperWithTimeline(harness());
 
     const { status: first } = await node.client.vote({ timelineId, term: 1n, proposerId: 'compute-1' });
     const oldWriter = new AppendStream(node.client, harness(), startMessage(timelineId, 1n, 'compute-1', [{ term: 1n, startLsn: BASE }], BASE));
@@ -328,9 +321,7 @@ describe('safekeeper (real processes over gRPC)', function () {
   });
 
   it('a refused Append leaves the current writer\'s stream alone', async () => {
-    const [node] = await startSafekeepers(harness(), 1);
-    const timelineId = newTimelineId();
-    await createTimeline([node], timelineId);
+    const { node, timelineId } = await startSafekeeperWithTimeline(harness());
     await node.client.vote({ timelineId, term: 2n, proposerId: 'compute-2' });
     const history = [{ term: 2n, startLsn: BASE }];
     const writer = new AppendStream(node.client, harness(), startMessage(timelineId, 2n, 'compute-2', history, BASE));
@@ -429,9 +420,7 @@ describe('safekeeper (real processes over gRPC)', function () {
   });
 
   it('a restarted safekeeper answers the same durable state from its disk (after SIGTERM and after kill -9)', async () => {
-    const [node] = await startSafekeepers(harness(), 1);
-    const timelineId = newTimelineId();
-    await createTimeline([node], timelineId);
+    const { node, timelineId } = await startSafekeeperWithTimeline(harness());
     await node.client.vote({ timelineId, term: 1n, proposerId: 'compute-1' });
     const history = [{ term: 1n, startLsn: BASE }];
     let stream = new AppendStream(node.client, harness(), startMessage(timelineId, 1n, 'compute-1', history, BASE));
@@ -491,9 +480,7 @@ describe('safekeeper (real processes over gRPC)', function () {
   });
 
   it('cuts a torn last record at restart: the log ends at the last whole record and continues from there', async () => {
-    const [node] = await startSafekeepers(harness(), 1);
-    const timelineId = newTimelineId();
-    await createTimeline([node], timelineId);
+    const { node, timelineId } = await startSafekeeperWithTimeline(harness());
     await node.client.vote({ timelineId, term: 1n, proposerId: 'compute-1' });
     const history = [{ term: 1n, startLsn: BASE }];
     const stream = new AppendStream(node.client, harness(), startMessage(timelineId, 1n, 'compute-1', history, BASE));
@@ -536,9 +523,7 @@ describe('safekeeper (real processes over gRPC)', function () {
   });
 
   it('DeleteTimeline ends the timeline\'s streams and removes it from disk for good', async () => {
-    const [node] = await startSafekeepers(harness(), 1);
-    const timelineId = newTimelineId();
-    await createTimeline([node], timelineId);
+    const { node, timelineId } = await startSafekeeperWithTimeline(harness());
     await node.client.vote({ timelineId, term: 1n, proposerId: 'compute-1' });
     const writer = new AppendStream(node.client, harness(), startMessage(timelineId, 1n, 'compute-1', [{ term: 1n, startLsn: BASE }], BASE));
     await writer.waitFlush(writer.send(randomBytes(1000)));
@@ -557,9 +542,7 @@ describe('safekeeper (real processes over gRPC)', function () {
   });
 
   it('stops promptly and cleanly on SIGTERM while an endless StreamWal is open', async () => {
-    const [node] = await startSafekeepers(harness(), 1);
-    const timelineId = newTimelineId();
-    await createTimeline([node], timelineId);
+    const { node, timelineId } = await startSafekeeperWithTimeline(harness());
     await node.client.vote({ timelineId, term: 1n, proposerId: 'compute-1' });
     const stream = new AppendStream(node.client, harness(), startMessage(timelineId, 1n, 'compute-1', [{ term: 1n, startLsn: BASE }], BASE));
     const end = stream.send(randomBytes(5000));

@@ -11,6 +11,7 @@ import { reflectedServices } from '../harness/reflection.js';
 import { openChannel } from '../../src/lib/grpc/client.js';
 import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { ComputeState } from '../../gen/spg99/compute/v1/compute.js';
+import type { TimelineStatus } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import { formatLsn, parseLsn, type Lsn } from '../../src/lib/lsn.js';
 
 async function sessionLsn(client: pg.Client): Promise<Lsn> {
@@ -22,6 +23,13 @@ async function sessionLsn(client: pg.Client): Promise<Lsn> {
 async function commitWaitsForQuorum(observer: pg.Client): Promise<boolean> {
   const result = await observer.query(`SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep'`);
   return (result.rowCount ?? 0) > 0;
+}
+
+/** Every safekeeper holds the same term history; returns their statuses. */
+async function expectTermHistoriesAgree(nodes: readonly SafekeeperNode[], timelineId: string): Promise<TimelineStatus[]> {
+  const statuses = await Promise.all(nodes.map((node) => node.status(timelineId)));
+  for (const status of statuses) expect(status.termHistory).to.deep.equal(statuses[0].termHistory);
+  return statuses;
 }
 
 async function healthOf(address: string): Promise<HealthCheckResponse_ServingStatus> {
@@ -237,8 +245,7 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
     const [reference, caughtUp] = await Promise.all([readWal(safekeepers[0].client, range), readWal(safekeepers[2].client, range)]);
     expect(caughtUp.data.length).to.equal(Number(target - lagging));
     expect(caughtUp.data.equals(reference.data), 'the WAL it was given is the donor\'s').to.equal(true);
-    const statuses = await Promise.all(safekeepers.map((node) => node.status(timelineId)));
-    for (const status of statuses) expect(status.termHistory).to.deep.equal(statuses[0].termHistory);
+    await expectTermHistoriesAgree(safekeepers, timelineId);
   });
 
   it('keeps committing through the loss of a minority; a restarted safekeeper catches up from its disk', async () => {
@@ -246,21 +253,19 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
     const client = await connect(compute);
     await client.query('CREATE TABLE t (x int)');
     await safekeepers[2].stop();
-    const before = (await safekeepers[2].client.getTimelineStatus({ timelineId }).catch(() => null)) ?? null;
-    expect(before).to.equal(null); // It is down.
+    expect(safekeepers[2].process.exited, 'the third safekeeper is down').to.equal(true);
     for (let index = 0; index < 50; index += 1) await client.query('INSERT INTO t VALUES ($1)', [index]);
     const target = await sessionLsn(client);
     await safekeepers[2].restart();
     const caughtUp = await waitFor(
       async () => {
-        const { status } = await safekeepers[2].client.getTimelineStatus({ timelineId });
-        return status!.flushLsn >= target ? status! : undefined;
+        const status = await safekeepers[2].status(timelineId);
+        return status.flushLsn >= target ? status : undefined;
       },
       { what: `the restarted safekeeper to reach ${formatLsn(target)}` },
     );
     expect(caughtUp.promisedTerm).to.equal(1n);
-    const statuses = await Promise.all(safekeepers.map(async (node) => (await node.client.getTimelineStatus({ timelineId })).status!));
-    for (const status of statuses) expect(status.termHistory).to.deep.equal(statuses[0].termHistory);
+    await expectTermHistoriesAgree(safekeepers, timelineId);
   });
 
   it('the next writer truncates a divergent tail of the old term; term histories agree afterwards', async () => {
@@ -270,13 +275,13 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
     // Two safekeepers stop: WAL still reaches the first, which gets a tail no majority holds.
     await safekeepers[1].stop();
     await safekeepers[2].stop();
-    const heldByAll = (await safekeepers[0].client.getTimelineStatus({ timelineId })).status!.flushLsn;
+    const heldByAll = (await safekeepers[0].status(timelineId)).flushLsn;
     void client.query('INSERT INTO t SELECT generate_series(1, 1000)').catch(() => undefined);
     await waitFor(
-      async () => ((await safekeepers[0].client.getTimelineStatus({ timelineId })).status!.flushLsn > heldByAll ? true : undefined),
+      async () => ((await safekeepers[0].status(timelineId)).flushLsn > heldByAll ? true : undefined),
       { what: 'a tail on the first safekeeper only' },
     );
-    const tailEnd = (await safekeepers[0].client.getTimelineStatus({ timelineId })).status!.flushLsn;
+    const tailEnd = (await safekeepers[0].status(timelineId)).flushLsn;
     // The old writer crashes (agent and its Postgres).
     const postmaster = first.postmasterPid();
     await first.process.kill9();
@@ -302,7 +307,7 @@ describe('walproposer (agent + Postgres + three safekeepers)', function () {
     const target = await sessionLsn(writer);
     const statuses = await waitFor(
       async () => {
-        const all = await Promise.all(safekeepers.map(async (node) => (await node.client.getTimelineStatus({ timelineId })).status!));
+        const all = await Promise.all(safekeepers.map((node) => node.status(timelineId)));
         return all.every((status) => status.flushLsn >= target) ? all : undefined;
       },
       { what: 'all safekeepers to hold the new writer\'s WAL' },
