@@ -43,7 +43,7 @@ test-unit: build ## Runs only the unit tests
 test-integration: build ## Runs only the integration tests
 	$(BIN)/mocha --no-config --timeout 120000 --exit 'dist/test/integration/**/*.test.js'
 
-up: build ## Starts three safekeepers and a compute in .spg99/ and prints how to connect
+up: build ## Starts three safekeepers, the pageserver and a compute in .spg99/ and prints how to connect
 	node dist/scripts/local-cluster.js up
 
 down: ## Stops what `make up` started

@@ -21,6 +21,7 @@ const spec = {
   pgDataDir: { kind: 'string', description: 'the Postgres data directory (initdb runs when it is empty)' },
   pgPort: { kind: 'integer', description: 'the port Postgres listens on, on 127.0.0.1 (0 picks a free one)', default: 0, min: 0, max: 65535 },
   createTimeline: { kind: 'boolean', description: 'create the timeline on safekeepers that lack it', default: false },
+  pageserver: { kind: 'string', description: 'host:port of the pageserver: with an empty data directory, start from its basebackup', default: '' },
   listen: { kind: 'string', description: 'gRPC address of the ComputeService (host:port; port 0 picks one)', default: '127.0.0.1:0' },
   metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint', default: '127.0.0.1:0' },
 } as const;
@@ -29,6 +30,7 @@ await runComponent('agent', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
   const metricsAddress = parseHostPort(config.metricsListen, '--metrics-listen');
   for (const address of config.safekeepers) parseHostPort(address, '--safekeepers');
+  if (config.pageserver) parseHostPort(config.pageserver, '--pageserver');
   if (!TIMELINE_ID_PATTERN.test(config.timelineId)) {
     throw new ConfigError(`--timeline-id must be tl- followed by 32 lowercase hex digits, got "${config.timelineId}"`);
   }
@@ -43,6 +45,7 @@ await runComponent('agent', spec, async (config) => {
     pgDataDir: config.pgDataDir,
     pgPort,
     createTimeline: config.createTimeline,
+    pageserver: config.pageserver || undefined,
     log,
     traceId,
   });

@@ -15,6 +15,9 @@ import { ReplicationConnection, type SystemIdentity } from '../lib/pg/replicatio
 import { createSpgClient, openChannel } from '../lib/grpc/client.js';
 import { ClientError, Status } from '../lib/grpc/errors.js';
 import { SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
+import { PageServiceDefinition, TimelineServiceDefinition } from '../../gen/spg99/pageserver/v1/pageserver.js';
+import { WalDecoder, recordBoundary } from '../lib/pg/wal-decoder.js';
+import { fetchBasebackup } from './basebackup.js';
 import { FencedError, WalProposer, type Election } from './walproposer.js';
 
 /** The name Postgres knows the walproposer by (its synchronous standby). */
@@ -34,6 +37,8 @@ export interface ComputeOptions {
   pgPort: number;
   /** Create the timeline on safekeepers that lack it (local clusters; the control plane does it otherwise). */
   createTimeline: boolean;
+  /** The pageserver holding the timeline's history: a compute without a data directory starts from its basebackup. */
+  pageserver?: string;
   /** Extra Postgres settings. */
   pgSettings?: Record<string, string | number>;
   log: Logger;
@@ -104,7 +109,9 @@ export class Compute {
       if (this.options.createTimeline) await this.phase('create_timeline', () => this.ensureTimelines());
       const election = await this.phase('election', () => this.proposer.elect(signal));
       this.setState(ComputeState.COMPUTE_STATE_STARTING);
-      if (!isInitialized(this.options.pgDataDir)) {
+      if (!isInitialized(this.options.pgDataDir) && this.options.pageserver) {
+        await this.phase('basebackup', () => this.fromBasebackup(election, signal));
+      } else if (!isInitialized(this.options.pgDataDir)) {
         if (!election.emptyLog) {
           throw new Error(
             `timeline ${this.options.timelineId} already holds WAL up to ${formatLsn(election.donor.flushLsn)} but ${this.options.pgDataDir} ` +
@@ -131,7 +138,8 @@ export class Compute {
         }),
       );
       void this.postgres.exited.then((code) => this.onPostgresExit(code));
-      await this.phase('sync_safekeepers', () => this.startStreaming(election));
+      // Without a basebackup the safekeepers are synced here, as streaming begins.
+      await this.phase(this.proposer.begun ? 'start_streaming' : 'sync_safekeepers', () => this.startStreaming(election));
       if (signal.aborted) throw new Error(this.reason || 'the compute was stopped while starting');
       this.setState(ComputeState.COMPUTE_STATE_RUNNING);
       log.info(
@@ -161,7 +169,10 @@ export class Compute {
       const ended = [ComputeState.COMPUTE_STATE_FENCED, ComputeState.COMPUTE_STATE_FAILED];
       if (!ended.includes(this.state)) this.setState(ComputeState.COMPUTE_STATE_STOPPING);
       await this.shutdown(checkpoint ? 'fast' : 'immediate');
-      if (this.state === ComputeState.COMPUTE_STATE_STOPPING) this.setState(ComputeState.COMPUTE_STATE_STOPPED);
+      if (this.state === ComputeState.COMPUTE_STATE_STOPPING) {
+        this.setState(ComputeState.COMPUTE_STATE_STOPPED);
+        if (checkpoint) await this.snapshotAtEnd(this.proposer.commitLsn);
+      }
       return this.proposer.commitLsn;
     })();
     return this.stopping;
@@ -181,7 +192,8 @@ export class Compute {
       const wait = new AbortController();
       const timer = setTimeout(() => wait.abort(), 10_000);
       try {
-        await this.proposer.waitCommitted(this.proposer.receivedLsn, wait.signal);
+        // Committed, and known as committed by a majority: the pageserver can then read the final WAL.
+        await this.proposer.waitCommitPublished(this.proposer.receivedLsn, wait.signal);
       } catch (error) {
         log.warn({ error: (error as Error).message, receivedLsn: formatLsn(this.proposer.receivedLsn) }, 'final WAL not confirmed by a majority');
       } finally {
@@ -195,6 +207,52 @@ export class Compute {
     fs.rmSync(this.socketDir, { recursive: true, force: true });
   }
 
+  /**
+   * Waits until the pageserver has ingested the timeline's synced end of WAL (a record boundary: the walproposer
+   * forwards only whole records) and unpacks its basebackup there.
+   */
+  private async fromBasebackup(election: Election, signal: AbortSignal): Promise<void> {
+    const pageserver = this.options.pageserver as string;
+    const channel = openChannel(pageserver);
+    const timelineId = this.options.timelineId;
+    try {
+      const lsn = election.emptyLog ? 0n : election.donor.flushLsn;
+      if (lsn !== 0n) {
+        // The new term starts at the synced end of WAL. Once a majority holds it in this term it is committed and
+        // the safekeepers serve it to the pageserver: the old writer may have stopped before they learnt that.
+        this.proposer.begin(election, lsn, election.donor.systemId);
+        await this.phase('sync_safekeepers', () => this.proposer.waitCommitPublished(lsn, signal));
+        const timelines = createSpgClient(TimelineServiceDefinition, channel, this.options.traceId);
+        await this.phase('wait_pageserver', () =>
+          timelines.waitForLsn({ timelineId, lsn }, { signal, deadline: new Date(Date.now() + 120_000) }),
+        );
+      }
+      const pages = createSpgClient(PageServiceDefinition, channel, this.options.traceId);
+      const metadata = await fetchBasebackup(pages, timelineId, lsn, this.options.pgDataDir, signal);
+      this.options.log.info(
+        { lsn: formatLsn(metadata.lsn), snapshotLsn: formatLsn(metadata.snapshotLsn), walBytes: Number(metadata.walBytes), tarBytes: Number(metadata.tarBytes) },
+        'basebackup unpacked',
+      );
+    } finally {
+      channel.close();
+    }
+  }
+
+  /** Asks the pageserver for a snapshot at the final LSN, so the next start replays little WAL (best effort). */
+  private async snapshotAtEnd(lsn: Lsn): Promise<void> {
+    if (!this.options.pageserver || lsn === 0n) return;
+    const channel = openChannel(this.options.pageserver);
+    try {
+      const timelines = createSpgClient(TimelineServiceDefinition, channel, this.options.traceId);
+      const { snapshot } = await timelines.createSnapshot({ timelineId: this.options.timelineId, lsn }, { deadline: new Date(Date.now() + 30_000) });
+      this.options.log.info({ lsn: formatLsn(snapshot?.lsn ?? 0n) }, 'pageserver snapshot at the final LSN');
+    } catch (error) {
+      this.options.log.warn({ error: (error as Error).message, lsn: formatLsn(lsn) }, 'no snapshot at the final LSN; the pageserver makes one when idle');
+    } finally {
+      channel.close();
+    }
+  }
+
   private async startStreaming(election: Election): Promise<void> {
     const replication = await ReplicationConnection.connect({
       host: '127.0.0.1',
@@ -205,15 +263,38 @@ export class Compute {
     });
     this.replication = replication;
     const identity = await replication.identifySystem();
-    const termStartLsn = this.termStartFor(election, identity);
+    const termStartLsn = this.proposer.begun ? this.proposer.termStartLsn : this.termStartFor(election, identity);
+    if (this.proposer.begun && identity.xlogPos < termStartLsn) {
+      throw new Error(`Postgres started from the basebackup ends at ${formatLsn(identity.xlogPos)}, before the term start ${formatLsn(termStartLsn)}`);
+    }
     await replication.ensurePhysicalSlot(SLOT_NAME);
-    this.proposer.begin(election, termStartLsn, identity.systemId);
+    if (!this.proposer.begun) this.proposer.begin(election, termStartLsn, identity.systemId);
     const events = await replication.startReplication(SLOT_NAME, termStartLsn, identity.timeline, this.controller.signal);
+    // Only whole records go to the safekeepers: then the end of the log is always a record boundary, where a
+    // basebackup can cut and a new writer continue. Postgres flushes up to a record's end before a commit
+    // returns, so commits never wait for this.
+    const boundaries = new WalDecoder(termStartLsn, { verifyCrc: false, decodeBlocks: false });
+    const held: Buffer[] = [];
+    let heldFrom = termStartLsn;
     // Postgres accepted the stream; what follows is consumed in the background.
     this.streaming = (async () => {
       for await (const event of events) {
         if (event.kind === 'wal') {
-          this.proposer.pushWal(event.message.beginLsn, event.message.data);
+          const { beginLsn, data } = event.message;
+          if (beginLsn !== boundaries.feedLsn) {
+            throw new Error(`Postgres sent WAL at ${formatLsn(beginLsn)}, expected ${formatLsn(boundaries.feedLsn)}`);
+          }
+          boundaries.feed(data);
+          held.push(data);
+          const boundary = recordBoundary(boundaries);
+          if (boundary > heldFrom) {
+            const pending = held.length === 1 ? (held[0] as Buffer) : Buffer.concat(held);
+            const ready = Number(boundary - heldFrom);
+            this.proposer.pushWal(heldFrom, pending.subarray(0, ready));
+            held.length = 0;
+            if (ready < pending.length) held.push(pending.subarray(ready));
+            heldFrom = boundary;
+          }
         } else if (event.replyRequested) {
           replication.sendStatus(this.proposer.receivedLsn, this.proposer.commitLsn, this.proposer.commitLsn);
         }

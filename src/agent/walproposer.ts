@@ -103,6 +103,8 @@ class Peer {
   connected = false;
   /** Flush LSN acknowledged in this term (null before its Append stream started). */
   flushLsn: Lsn | null = null;
+  /** The commit LSN the safekeeper last reported knowing (what it serves to consumers). */
+  knownCommitLsn: Lsn = 0n;
   lastError = '';
 
   constructor(
@@ -308,6 +310,24 @@ export class WalProposer {
     }
   }
 
+  /**
+   * Resolves once a majority of safekeepers report knowing that the commit LSN reached `lsn`: from then on they
+   * serve that WAL to consumers (the pageserver), also after this proposer is gone.
+   */
+  async waitCommitPublished(lsn: Lsn, signal: AbortSignal): Promise<void> {
+    await this.waitCommitted(lsn, signal);
+    for (;;) {
+      if (this.peers.filter((peer) => peer.knownCommitLsn >= lsn).length >= this.quorum) return;
+      if (this.fencedReason) throw new FencedError(this.fencedReason);
+      await this.commitNotifier.wait(signal, 50);
+    }
+  }
+
+  /** Whether `begin` was called. */
+  get begun(): boolean {
+    return this.buffer !== null;
+  }
+
   /** Ends every stream. */
   async close(): Promise<void> {
     this.controller.abort();
@@ -386,6 +406,7 @@ export class WalProposer {
           const next = await responses.next();
           if (next.done) throw new Error(`safekeeper ${peer.address} ended the Append stream`);
           peer.flushLsn = maxLsn(peer.flushLsn ?? 0n, next.value.flushLsn);
+          peer.knownCommitLsn = maxLsn(peer.knownCommitLsn, next.value.commitLsn);
           this.acknowledged(peer);
         }
       })();

@@ -20,6 +20,8 @@ export interface ComputeOptions {
   computeId?: string;
   /** Reuse a data directory (a restart, or a new writer on an old one); a new one otherwise. */
   pgDataDir?: string;
+  /** host:port of the pageserver to start from (with an empty data directory). */
+  pageserver?: string;
   /** Wait for "agent ready" (default true). */
   waitReady?: boolean;
   env?: NodeJS.ProcessEnv;
@@ -59,6 +61,7 @@ export class ComputeNode {
       '--pg-port', String(pgPort),
       '--listen', `127.0.0.1:${grpcPort}`,
       '--metrics-listen', '127.0.0.1:0',
+      ...(options.pageserver ? ['--pageserver', options.pageserver] : []),
     ];
     const child = harness.spawn('agent', args, { label: computeId, env: options.env, stopFirst: true });
     const node = new ComputeNode(computeId, child, pgDataDir, pgPort, grpcPort, harness);

@@ -21,15 +21,28 @@ export function isInitialized(dataDir: string): boolean {
   return fs.existsSync(path.join(dataDir, 'PG_VERSION'));
 }
 
-/** Creates a cluster in `dataDir` with superuser `postgres` and trust authentication on localhost. */
-export async function initdb(dataDir: string, log: Logger): Promise<void> {
+/** How initdb makes a cluster. */
+export interface InitdbOptions {
+  /** The bootstrap superuser (default `postgres`). */
+  superuser?: string;
+  /** Page checksums (PG18's default is on; SPG99's timelines default to off, see docs/rfcs). */
+  dataChecksums?: boolean;
+  /** initdb's --locale (default C). */
+  locale?: string;
+}
+
+/** Creates a cluster in `dataDir` with trust authentication on localhost. */
+export async function initdb(dataDir: string, log: Logger, options: InitdbOptions = {}): Promise<void> {
   const binaries = locatePostgres();
   const user = postgresOsUser();
   prepareDirectoryFor(user, dataDir);
   const output: string[] = [];
   const child = spawn(
     binaries.initdb,
-    ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C', '--no-instructions'],
+    [
+      '-D', dataDir, '-U', options.superuser ?? 'postgres', '--auth=trust', '--encoding=UTF8', `--locale=${options.locale ?? 'C'}`,
+      '--no-instructions', ...(options.dataChecksums === false ? ['--no-data-checksums'] : []),
+    ],
     { uid: user.uid, gid: user.gid, stdio: ['ignore', 'pipe', 'pipe'], env: postgresEnv() },
   );
   child.stdout?.on('data', (chunk: Buffer) => output.push(chunk.toString()));
@@ -153,8 +166,10 @@ export class PostgresServer {
       if (this.exitedValue !== null) throw new Error(`the postmaster exited (${this.exitedValue})`);
       try {
         const lines = fs.readFileSync(pidFile, 'utf8').split('\n');
-        // Line 1 is the pid, line 8 the status (PM_STATUS_READY is "ready").
-        if (Number(lines[0]) === this.child.pid && lines[7]?.trim() === 'ready') return;
+        // Line 1 is the pid, line 8 the status: "ready" for a primary, "standby" for a hot standby that accepts
+        // read-only connections.
+        const status = lines[7]?.trim();
+        if (Number(lines[0]) === this.child.pid && (status === 'ready' || status === 'standby')) return;
       } catch {
         // Not written yet.
       }

@@ -1,0 +1,247 @@
+/**
+ * The pageserver with real processes: computes write through safekeepers, the pageserver follows the WAL into
+ * object storage and snapshots it with its replayer, and new computes start from its basebackups.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { expect } from 'chai';
+import type pg from 'pg';
+import { useHarness, waitFor } from '../harness/process.js';
+import { createTimeline, newTimelineId, startSafekeepers, type SafekeeperNode } from '../harness/safekeepers.js';
+import { ComputeNode } from '../harness/computes.js';
+import { PageserverNode } from '../harness/pageserver.js';
+import { ClientError, Status } from '../../src/lib/grpc/errors.js';
+import { formatLsn, parseLsn } from '../../src/lib/lsn.js';
+import { ForkNumber, type TimelineInfo } from '../../gen/spg99/pageserver/v1/pageserver.js';
+
+const run = promisify(execFile);
+
+/** md5 of every user table's rows, by table name. */
+async function tableChecksums(client: pg.Client): Promise<Record<string, string>> {
+  const tables = await client.query<{ name: string }>(
+    `SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1`,
+  );
+  const sums: Record<string, string> = {};
+  for (const { name } of tables.rows) {
+    const result = await client.query<{ sum: string | null; count: string }>(
+      `SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) AS sum, count(*) AS count FROM ${name} t`,
+    );
+    sums[name] = `${result.rows[0].count}:${result.rows[0].sum ?? ''}`;
+  }
+  return sums;
+}
+
+async function flushLsn(client: pg.Client): Promise<bigint> {
+  const result = await client.query<{ lsn: string }>('SELECT pg_current_wal_flush_lsn()::text AS lsn');
+  return parseLsn(result.rows[0].lsn);
+}
+
+/** Bytes of the files under `directory`. */
+function directoryBytes(directory: string): number {
+  let total = 0;
+  for (const entry of fs.readdirSync(directory, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) total += fs.statSync(path.join(entry.parentPath, entry.name)).size;
+  }
+  return total;
+}
+
+async function currentLsn(client: pg.Client): Promise<bigint> {
+  const result = await client.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn');
+  return parseLsn(result.rows[0].lsn);
+}
+
+describe('pageserver (safekeepers → pageserver → new computes)', function () {
+  this.timeout(300_000);
+  const harness = useHarness();
+  let safekeepers: SafekeeperNode[];
+  let pageserver: PageserverNode;
+  const clients: pg.Client[] = [];
+
+  beforeEach(async () => {
+    safekeepers = await startSafekeepers(harness(), 3);
+    pageserver = await PageserverNode.start(harness(), { args: ['--idle-ms', '1500', '--snapshot-wal-mb', '16'] });
+  });
+
+  afterEach(async () => {
+    for (const client of clients.splice(0)) await client.end().catch(() => undefined);
+  });
+
+  function objectsDir(): string {
+    return pageserver.objectStore.replace(/^file:\/\//, '');
+  }
+
+  async function connect(compute: ComputeNode): Promise<pg.Client> {
+    const client = await compute.connect();
+    clients.push(client);
+    return client;
+  }
+
+  /** A timeline on the pageserver and the safekeepers, followed by the pageserver. */
+  async function newTimeline(): Promise<string> {
+    const timelineId = newTimelineId();
+    await pageserver.timelines.createTimeline({ timelineId, tenantId: 'tn-test', pgMajorVersion: 18 });
+    await createTimeline(safekeepers, timelineId);
+    await pageserver.timelines.setWalSource({ timelineId, safekeeperAddresses: safekeepers.map((node) => node.address) });
+    return timelineId;
+  }
+
+  it('starts new computes from the pageserver with the same content, three times in a row', async () => {
+    const timelineId = await newTimeline();
+    let compute = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
+    let client = await connect(compute);
+    await run('pgbench', ['-i', '-q', '-s', '1'], { env: { ...process.env, PGHOST: '127.0.0.1', PGPORT: String(compute.pgPort), PGUSER: 'postgres' } });
+    await client.query('CREATE TABLE known (id int PRIMARY KEY, note text)');
+    await client.query(`INSERT INTO known SELECT g, 'row ' || g FROM generate_series(1, 1000) g`);
+    let expected = await tableChecksums(client);
+    expect(Object.keys(expected)).to.include.members(['public.known', 'public.pgbench_accounts']);
+    for (let round = 2; round <= 4; round++) {
+      await client.end();
+      await compute.process.stop();
+      fs.rmSync(compute.pgDataDir, { recursive: true, force: true });
+      compute = await ComputeNode.start(harness(), { timelineId, term: round, safekeepers, pageserver: pageserver.address });
+      client = await connect(compute);
+      expect(await tableChecksums(client)).to.deep.equal(expected);
+      await client.query(`INSERT INTO known SELECT g, 'round ${round}' FROM generate_series(${round * 1000 + 1}, ${round * 1000 + 100}) g`);
+      await client.query(`UPDATE pgbench_accounts SET abalance = abalance + ${round} WHERE aid % 7 = 0`);
+      expected = await tableChecksums(client);
+    }
+    const count = await client.query<{ count: string }>('SELECT count(*) FROM known');
+    expect(Number(count.rows[0].count)).to.equal(1300);
+  });
+
+  it('recovers from object storage alone after losing its local disk', async () => {
+    const timelineId = await newTimeline();
+    const compute = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
+    const client = await connect(compute);
+    await client.query('CREATE TABLE kept (id int, payload text)');
+    await client.query(`INSERT INTO kept SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g`);
+    const expected = await tableChecksums(client);
+    const end = await currentLsn(client);
+    await waitFor(async () => {
+      const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
+      return (timeline?.remoteConsistentLsn ?? 0n) >= end;
+    }, { what: `WAL up to ${formatLsn(end)} durable in object storage` });
+    await client.end();
+    clients.length = 0;
+    await compute.process.stop();
+    await pageserver.restart({ crash: true, wipeLocal: true });
+    const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
+    expect(timeline?.lastRecordLsn !== undefined && timeline.lastRecordLsn >= end, `last record ${formatLsn(timeline?.lastRecordLsn ?? 0n)} ≥ ${formatLsn(end)}`).to.equal(true);
+    const next = await ComputeNode.start(harness(), { timelineId, term: 2, safekeepers, pageserver: pageserver.address });
+    expect(await tableChecksums(await connect(next))).to.deep.equal(expected);
+  });
+
+  /** A branch on the pageserver, its own timeline on the safekeepers, followed by the pageserver. */
+  async function newBranch(ancestorTimelineId: string, point: { ancestorLsn?: bigint; ancestorTime?: Date }): Promise<TimelineInfo> {
+    const timelineId = newTimelineId();
+    const { timeline } = await pageserver.timelines.branchTimeline({ timelineId, ancestorTimelineId, ...point });
+    await createTimeline(safekeepers, timelineId);
+    await pageserver.timelines.setWalSource({ timelineId, safekeeperAddresses: safekeepers.map((node) => node.address) });
+    return timeline as TimelineInfo;
+  }
+
+  async function phases(client: pg.Client): Promise<Record<string, number>> {
+    const result = await client.query<{ phase: string; count: string }>('SELECT phase, count(*) FROM t GROUP BY phase ORDER BY phase');
+    return Object.fromEntries(result.rows.map((row) => [row.phase, Number(row.count)]));
+  }
+
+  it('branches at a past LSN and at a time: each shows exactly that state, writes stay apart, nothing is copied', async () => {
+    const timelineId = await newTimeline();
+    const parent = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
+    const client = await connect(parent);
+    await client.query(`CREATE TABLE bulk AS SELECT g AS id, repeat('x', 200) AS payload FROM generate_series(1, 200000) g`);
+    await client.query('CREATE TABLE t (id int PRIMARY KEY, phase text)');
+    await client.query(`INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g`);
+    const lsnA = await flushLsn(client);
+    const timeA = (await client.query<{ now: Date }>('SELECT clock_timestamp() AS now')).rows[0].now;
+    await client.query(`INSERT INTO t SELECT g, 'b' FROM generate_series(101, 200) g`);
+    const lsnB = await flushLsn(client);
+    const databaseBytes = Number((await client.query<{ size: string }>('SELECT pg_database_size(current_database()) AS size')).rows[0].size);
+    await pageserver.timelines.waitForLsn({ timelineId, lsn: lsnB }, { deadline: new Date(Date.now() + 60_000) });
+    const storedBefore = directoryBytes(objectsDir());
+
+    const atLsn = await newBranch(timelineId, { ancestorLsn: lsnA });
+    const atTime = await newBranch(timelineId, { ancestorTime: timeA });
+    const growth = directoryBytes(objectsDir()) - storedBefore;
+    expect(databaseBytes).to.be.greaterThan(40 * 1024 * 1024);
+    // Each branch holds only its first WAL segment up to the branch point; no page is copied.
+    expect(growth, `object storage grew by ${growth} bytes for two branches of a ${databaseBytes}-byte database`).to.be.lessThan(2 * 16 * 1024 * 1024 + 65536);
+    expect(atLsn.ancestorLsn).to.equal(lsnA);
+    expect(atTime.ancestorLsn > lsnA - 1n && atTime.ancestorLsn < lsnB, `time branch point ${formatLsn(atTime.ancestorLsn)}`).to.equal(true);
+
+    const onLsn = await connect(await ComputeNode.start(harness(), { timelineId: atLsn.timelineId, term: 1, safekeepers, pageserver: pageserver.address }));
+    const onTime = await connect(await ComputeNode.start(harness(), { timelineId: atTime.timelineId, term: 1, safekeepers, pageserver: pageserver.address }));
+    expect(await phases(onLsn)).to.deep.equal({ a: 100 });
+    expect(await phases(onTime)).to.deep.equal({ a: 100 });
+    expect(await phases(client)).to.deep.equal({ a: 100, b: 100 });
+
+    await onLsn.query(`INSERT INTO t SELECT g, 'branch' FROM generate_series(1001, 1010) g`);
+    await client.query(`INSERT INTO t SELECT g, 'parent' FROM generate_series(2001, 2020) g`);
+    expect(await phases(onLsn)).to.deep.equal({ a: 100, branch: 10 });
+    expect(await phases(onTime)).to.deep.equal({ a: 100 });
+    expect(await phases(client)).to.deep.equal({ a: 100, b: 100, parent: 20 });
+  });
+
+  it('GetPage at two LSNs returns the two versions of a page, as pageinspect saw them', async () => {
+    const timelineId = await newTimeline();
+    const compute = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
+    const client = await connect(compute);
+    await client.query('CREATE EXTENSION pageinspect');
+    await client.query('CREATE TABLE g (id int, v text)');
+    await client.query(`INSERT INTO g SELECT i, 'first ' || i FROM generate_series(1, 20) i`);
+    const rel = (await client.query<{ db: number; rel: number }>(
+      `SELECT (SELECT oid FROM pg_database WHERE datname = current_database())::int AS db, pg_relation_filenode('g')::int AS rel`,
+    )).rows[0];
+    const lsn1 = await flushLsn(client);
+    const raw1 = (await client.query<{ page: Buffer }>(`SELECT get_raw_page('g', 0) AS page`)).rows[0].page;
+    await client.query(`UPDATE g SET v = 'second ' || id WHERE id % 2 = 0`);
+    const lsn2 = await flushLsn(client);
+    const raw2 = (await client.query<{ page: Buffer }>(`SELECT get_raw_page('g', 0) AS page`)).rows[0].page;
+    const relTag = { spcNode: 1663, dbNode: rel.db, relNode: rel.rel, fork: ForkNumber.FORK_NUMBER_MAIN };
+    const read = async (lsn: bigint, block = 0) =>
+      (await pageserver.pages.getPage({ timelineId, rel: relTag, blockNumber: block, readLsn: { requestLsn: lsn, notModifiedSinceLsn: 0n } }, { deadline: new Date(Date.now() + 60_000) })).pageImage;
+    const page1 = await read(lsn1);
+    const page2 = await read(lsn2);
+    expect(page1.length).to.equal(8192);
+    /** What pageinspect sees in a page: its LSN and its tuples (hint bits aside, which reads set on the compute). */
+    const inspect = async (page: Buffer) => {
+      const header = await client.query<{ lsn: string }>('SELECT lsn::text FROM page_header($1::bytea)', [page]);
+      const items = await client.query('SELECT lp, t_xmin, t_xmax, t_ctid, t_data FROM heap_page_items($1::bytea) ORDER BY lp', [page]);
+      return { lsn: header.rows[0].lsn, items: items.rows };
+    };
+    expect(await inspect(page1)).to.deep.equal(await inspect(raw1));
+    expect(await inspect(page2)).to.deep.equal(await inspect(raw2));
+    expect(await inspect(page1)).to.not.deep.equal(await inspect(page2));
+
+    const readLsn = { requestLsn: lsn2, notModifiedSinceLsn: 0n };
+    expect((await pageserver.pages.getRelSize({ timelineId, rel: relTag, readLsn })).blockCount).to.equal(1);
+    expect((await pageserver.pages.getRelExists({ timelineId, rel: relTag, readLsn })).exists).to.equal(true);
+    expect((await pageserver.pages.getRelExists({ timelineId, rel: { ...relTag, relNode: 999_999 }, readLsn })).exists).to.equal(false);
+    const beyond = await read(lsn2, 5).catch((caught: unknown) => caught);
+    expect((beyond as ClientError).code).to.equal(Status.OUT_OF_RANGE);
+    const { sizeBytes } = await pageserver.pages.getDbSize({ timelineId, dbNode: rel.db, readLsn });
+    expect(Number(sizeBytes)).to.be.greaterThan(1024 * 1024);
+  });
+
+  it('answers NOT_FOUND for an unknown timeline and INVALID_ARGUMENT for a malformed one', async () => {
+    const unknown = newTimelineId();
+    const error = await pageserver.timelines.describeTimeline({ timelineId: unknown }).catch((caught: unknown) => caught);
+    expect(error).to.be.instanceOf(ClientError);
+    expect((error as ClientError).code).to.equal(Status.NOT_FOUND);
+    expect((error as ClientError).details).to.contain(unknown);
+    const malformed = await pageserver.timelines.describeTimeline({ timelineId: 'tl-nothex' }).catch((caught: unknown) => caught);
+    expect((malformed as ClientError).code).to.equal(Status.INVALID_ARGUMENT);
+    expect((malformed as ClientError).details).to.contain('tl-nothex');
+    const existing = await newTimeline();
+    const again = await pageserver.timelines
+      .createTimeline({ timelineId: existing, tenantId: 'tn-test', pgMajorVersion: 18 })
+      .catch((caught: unknown) => caught);
+    expect((again as ClientError).code).to.equal(Status.ALREADY_EXISTS);
+    const version = await pageserver.timelines
+      .createTimeline({ timelineId: newTimelineId(), tenantId: 'tn-test', pgMajorVersion: 9 })
+      .catch((caught: unknown) => caught);
+    expect((version as ClientError).code).to.equal(Status.INVALID_ARGUMENT);
+  });
+});
