@@ -26,6 +26,9 @@ const spec = {
   snapshotWalMb: { kind: 'integer', description: 'snapshot a timeline once this many MiB of WAL arrived since its last snapshot', default: 64, min: 1 },
   idleMs: { kind: 'integer', description: 'a timeline without new WAL for this long is snapshotted and its replayer stopped', default: 10_000, min: 100 },
   uploadIntervalMs: { kind: 'integer', description: 'how often ingested WAL is uploaded and progress reported to safekeepers', default: 1000, min: 10 },
+  maxLeaseS: { kind: 'integer', description: 'the longest an LSN lease is held, in seconds', default: 3600, min: 1 },
+  gcRetentionS: { kind: 'integer', description: 'history GC keeps (point-in-time branches and restores reach back this far), in seconds', default: 7 * 24 * 3600, min: 0 },
+  gcIntervalS: { kind: 'integer', description: 'how often GC runs, in seconds (0: only when asked through RunGc)', default: 3600, min: 0 },
 } as const;
 
 await runComponent('pageserver', spec, async (config) => {
@@ -40,6 +43,9 @@ await runComponent('pageserver', spec, async (config) => {
     snapshotWalBytes: config.snapshotWalMb * 1024 * 1024,
     idleMs: config.idleMs,
     uploadIntervalMs: config.uploadIntervalMs,
+    maxLeaseMs: config.maxLeaseS * 1000,
+    gcRetentionMs: config.gcRetentionS * 1000,
+    gcIntervalMs: config.gcIntervalS * 1000,
     log,
   });
   const { server, listen } = buildServer(log);

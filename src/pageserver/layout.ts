@@ -127,6 +127,8 @@ export interface SnapshotIndex {
   relations: SnapshotRelation[];
   pageCount: number;
   filesBytes: number;
+  /** The `.pages` object when not the default key (a snapshot rewritten by GC gets a new one). */
+  pagesKey?: string;
 }
 
 /** Relation segment files: `<relfilenode>[_fsm|_vm|_init][.<segment>]` under base/<db>/ or global/. */

@@ -25,7 +25,7 @@ import {
 } from './layout.js';
 import { DB_SHUTDOWNED, readControlFile } from './pg-control.js';
 import { Replayer, backupLabel } from './replayer.js';
-import { captureSnapshot, dataDirEntries, materialize, parseSnapshotIndex, snapshotBytes, SnapshotReader } from './snapshots.js';
+import { captureSnapshot, dataDirEntries, materialize, objectKey, parseSnapshotIndex, rebaseSnapshot, snapshotBytes, SnapshotReader } from './snapshots.js';
 import { TAR_END, tarEntryBytes, tarHeader, tarPadding } from './tar.js';
 import { Timeline } from './timeline.js';
 import { PageReader } from './pages.js';
@@ -39,6 +39,15 @@ const basebackupSeconds = histogram('spg99_pageserver_basebackup_prepare_seconds
 export const SUPPORTED_PG_MAJOR_VERSIONS = [18];
 const TENANT_ID_PATTERN = /^tn-[a-z0-9]{1,40}$/;
 
+/** What GC removed from one timeline. */
+export interface GcOutcome {
+  timelineId: string;
+  gcCutoffLsn: Lsn;
+  removedSnapshotLsns: Lsn[];
+  removedWalBytes: number;
+  removedBytes: number;
+}
+
 export interface PageserverOptions {
   id: string;
   dataDir: string;
@@ -48,6 +57,11 @@ export interface PageserverOptions {
   /** A timeline with no new WAL for this long is snapshotted (if needed) and its replayer stopped. */
   idleMs: number;
   uploadIntervalMs: number;
+  /** The longest an LSN lease is held. */
+  maxLeaseMs: number;
+  /** History kept by the periodic GC, and how often it runs (0: never). */
+  gcRetentionMs: number;
+  gcIntervalMs: number;
   log: Logger;
 }
 
@@ -81,6 +95,7 @@ export class Pageserver {
   private readonly replayers = new Map<string, Replayer>();
   private readonly locks = new Map<string, Promise<unknown>>();
   private policyTimer: NodeJS.Timeout | null = null;
+  private gcTimer: NodeJS.Timeout | null = null;
   private closed = false;
 
   private constructor(private readonly options: PageserverOptions) {
@@ -114,6 +129,11 @@ export class Pageserver {
       if (timeline.state.walSources.length > 0) timeline.setWalSources(timeline.state.walSources);
     }
     pageserver.policyTimer = setInterval(() => void pageserver.runPolicy(), 500);
+    if (options.gcIntervalMs > 0) {
+      pageserver.gcTimer = setInterval(() => {
+        pageserver.runGc(null, options.gcRetentionMs).catch((error: unknown) => options.log.warn({ error: (error as Error).message }, 'periodic GC failed'));
+      }, options.gcIntervalMs);
+    }
     options.log.info({ timelines: pageserver.timelines.size, store: options.store.description }, 'pageserver loaded its timelines');
     return pageserver;
   }
@@ -122,6 +142,7 @@ export class Pageserver {
   async close(): Promise<void> {
     this.closed = true;
     if (this.policyTimer) clearInterval(this.policyTimer);
+    if (this.gcTimer) clearInterval(this.gcTimer);
     await Promise.all([...this.timelines.values()].map((timeline) => timeline.close()));
     await Promise.all([...this.replayers.keys()].map((id) => this.stopReplayer(id)));
     this.reader.close();
@@ -134,6 +155,11 @@ export class Pageserver {
       throw notFound(`timeline ${timelineId} does not exist on this pageserver: create it, or check the id`);
     }
     return timeline;
+  }
+
+  /** The configured GC retention window. */
+  get gcRetentionMs(): number {
+    return this.options.gcRetentionMs;
   }
 
   replayerRunning(timelineId: string): boolean {
@@ -207,7 +233,7 @@ export class Pageserver {
   }
 
   /** Resolves a branch point and creates the branch. */
-  async branchTimeline(timelineId: string, ancestorId: string, point: { lsn?: Lsn; time?: Date }, signal: AbortSignal): Promise<Timeline> {
+  async branchTimeline(timelineId: string, ancestorId: string, point: { lsn?: Lsn; time?: Date }, signal: AbortSignal, giveUpAtMs?: number): Promise<Timeline> {
     await this.ensureNew(timelineId);
     const ancestor = this.get(ancestorId);
     let lsn: Lsn;
@@ -228,7 +254,7 @@ export class Pageserver {
     if (lsn < ancestor.startLsn) {
       throw failedPrecondition(`branch point ${formatLsn(lsn)} is before the start ${formatLsn(ancestor.startLsn)} of ${ancestorId}: branch from its ancestor`);
     }
-    await ancestor.waitForLsn(lsn, signal);
+    await ancestor.waitForLsn(lsn, signal, giveUpAtMs);
     const snapshot = this.snapshotFor(ancestor, lsn);
     const prev = await this.recordBefore(ancestor, snapshot, lsn);
     return this.exclusive(timelineId, async () => {
@@ -287,10 +313,10 @@ export class Pageserver {
   // --- Snapshots and the replayer -----------------------------------------------------------------------------
 
   /** Snapshots the timeline at `lsn` (0: its last record), starting its replayer if needed. */
-  async createSnapshot(timelineId: string, lsn: Lsn, signal: AbortSignal): Promise<SnapshotIndex> {
+  async createSnapshot(timelineId: string, lsn: Lsn, signal: AbortSignal, giveUpAtMs?: number): Promise<SnapshotIndex> {
     const timeline = this.get(timelineId);
     const target = lsn === 0n ? timeline.lastRecordLsn : lsn;
-    await timeline.waitForLsn(target, signal);
+    await timeline.waitForLsn(target, signal, giveUpAtMs);
     return this.exclusive(timelineId, async () => {
       const existing = this.viewSnapshots(timeline).find((snapshot) => BigInt(snapshot.lsn) === target);
       if (existing) return existing;
@@ -399,16 +425,126 @@ export class Pageserver {
     await replayer.stop();
   }
 
+  // --- LSN leases and GC --------------------------------------------------------------------------------------
+
+  /** Holds GC back at `lsn` until the lease expires (an existing lease there is extended, never shortened). */
+  async createLease(timelineId: string, lsn: Lsn, ttlMs: number, renew: boolean): Promise<{ lsn: Lsn; expiresAt: Date }> {
+    const timeline = this.get(timelineId);
+    if (lsn === 0n) throw invalidArgument('lsn is required: the LSN to hold');
+    const ttl = Math.min(Math.max(ttlMs, 1000), this.options.maxLeaseMs);
+    return this.exclusive(timelineId, async () => {
+      const now = Date.now();
+      timeline.state.leases = timeline.state.leases.filter((lease) => Date.parse(lease.expiresAt) > now);
+      const existing = timeline.state.leases.find((lease) => lease.lsn === lsn.toString());
+      if (renew && !existing) {
+        throw notFound(`no lease holds ${formatLsn(lsn)} on ${timelineId} any more: create it again (it fails if GC has passed that LSN)`);
+      }
+      if (!existing && lsn < timeline.gcCutoffLsn) {
+        throw failedPrecondition(`LSN ${formatLsn(lsn)} is below the GC cutoff ${formatLsn(timeline.gcCutoffLsn)} of ${timelineId}: its history is gone`);
+      }
+      const expiresAt = new Date(Math.max(now + ttl, existing ? Date.parse(existing.expiresAt) : 0));
+      if (existing) existing.expiresAt = expiresAt.toISOString();
+      else timeline.state.leases.push({ lsn: lsn.toString(), expiresAt: expiresAt.toISOString() });
+      await timeline.persistState();
+      return { lsn, expiresAt };
+    });
+  }
+
+  /** Runs GC on one timeline or all; answers what was removed. */
+  async runGc(timelineId: string | null, retentionMs: number): Promise<GcOutcome[]> {
+    const timelines = timelineId ? [this.get(timelineId)] : [...this.timelines.values()].filter((timeline) => !timeline.deleted);
+    const outcomes: GcOutcome[] = [];
+    for (const timeline of timelines) outcomes.push(await this.exclusive(timeline.id, () => this.gcTimeline(timeline, retentionMs)));
+    return outcomes;
+  }
+
+  private async gcTimeline(timeline: Timeline, retentionMs: number): Promise<GcOutcome> {
+    const { store, log } = this.options;
+    const now = Date.now();
+    const outcome: GcOutcome = { timelineId: timeline.id, gcCutoffLsn: timeline.gcCutoffLsn, removedSnapshotLsns: [], removedWalBytes: 0, removedBytes: 0 };
+    timeline.state.leases = timeline.state.leases.filter((lease) => Date.parse(lease.expiresAt) > now);
+    const own = timeline.snapshots;
+    // The retention window ends at the newest snapshot older than it; leases and branch points hold it back.
+    const old = own.filter((snapshot) => Date.parse(snapshot.createdAt) <= now - retentionMs).at(-1);
+    if (!old) return outcome;
+    let cutoff = BigInt(old.lsn);
+    for (const lease of timeline.state.leases) if (BigInt(lease.lsn) < cutoff) cutoff = BigInt(lease.lsn);
+    const children = [...this.timelines.values()].filter((other) => !other.deleted && other.meta.ancestorTimelineId === timeline.id);
+    for (const child of children) if (child.ancestorLsn < cutoff) cutoff = child.ancestorLsn;
+    if (cutoff < timeline.gcCutoffLsn) cutoff = timeline.gcCutoffLsn;
+    // Reads at the cutoff start from the newest snapshot usable there; everything older goes, unless another
+    // timeline's snapshot builds on it.
+    const first = own.filter((snapshot) => BigInt(snapshot.lsn) <= cutoff && BigInt(snapshot.minRecoveryLsn) <= cutoff).at(-1);
+    const referenced = new Set<string>();
+    for (const other of this.timelines.values()) {
+      if (other === timeline) continue;
+      for (const snapshot of other.snapshots) if (snapshot.parent?.timelineId === timeline.id) referenced.add(snapshot.parent.lsn);
+    }
+    const removed = first ? own.filter((snapshot) => BigInt(snapshot.lsn) < BigInt(first.lsn) && !referenced.has(snapshot.lsn)) : [];
+    const removedSet = new Set(removed);
+    let kept = own.filter((snapshot) => !removedSet.has(snapshot));
+    // Snapshots whose chain runs through removed ones are rewritten onto the nearest kept one (or made whole).
+    for (let index = 0; index < kept.length; index++) {
+      const snapshot = kept[index] as SnapshotIndex;
+      let parent = snapshot.parent ? this.findSnapshot(snapshot.parent) : undefined;
+      if (!parent || !removedSet.has(parent)) continue;
+      while (parent && removedSet.has(parent)) parent = parent.parent ? this.findSnapshot(parent.parent) : undefined;
+      const rebased = await rebaseSnapshot(this.reader, store, snapshot, parent ?? null, path.join(this.options.dataDir, 'tmp'));
+      this.reader.evict(snapshot);
+      kept = kept.map((candidate) => (candidate === snapshot ? rebased : candidate));
+      timeline.snapshots = timeline.snapshots.map((candidate) => (candidate === snapshot ? rebased : candidate));
+      if (snapshot.pagesKey) await store.delete(snapshot.pagesKey);
+      else await store.delete(snapshotKey(snapshot.timelineId, BigInt(snapshot.lsn), 'pages'));
+      log.info({ timelineId: timeline.id, lsn: formatLsn(BigInt(snapshot.lsn)), pages: rebased.pageCount }, 'snapshot rewritten by GC');
+    }
+    timeline.snapshots = kept;
+    for (const snapshot of removed) {
+      await store.delete(objectKey(snapshot, 'json'));
+      await store.deleteMany([objectKey(snapshot, 'pages'), objectKey(snapshot, 'files')]);
+      this.reader.evict(snapshot);
+      outcome.removedSnapshotLsns.push(BigInt(snapshot.lsn));
+      outcome.removedBytes += snapshotBytes(snapshot);
+    }
+    // WAL below the oldest redo point any kept snapshot replays from is no longer needed.
+    const walFloor = kept.reduce((floor, snapshot) => (BigInt(snapshot.redoLsn) < floor ? BigInt(snapshot.redoLsn) : floor), timeline.lastRecordLsn);
+    const floorSegment = segmentNumber(walFloor);
+    const walObjects = await store.list(`${timelinePrefix(timeline.id)}wal/`);
+    const doomed = walObjects.filter((object) => {
+      const name = /\/([0-9A-F]{24})(?:\.partial)?$/.exec(object.key)?.[1];
+      if (!name) return false;
+      const segment = BigInt(`0x${name.slice(8, 16)}`) * (0x100000000n / WAL_SEGMENT_SIZE) + BigInt(`0x${name.slice(16)}`);
+      return segment < floorSegment;
+    });
+    await store.deleteMany(doomed.map((object) => object.key));
+    timeline.archive.dropLocalBelow(walFloor);
+    outcome.removedWalBytes = doomed.reduce((sum, object) => sum + object.size, 0);
+    outcome.removedBytes += outcome.removedWalBytes;
+    timeline.state.gcCutoffLsn = cutoff.toString();
+    outcome.gcCutoffLsn = cutoff;
+    await timeline.persistState();
+    log.info(
+      { timelineId: timeline.id, gcCutoffLsn: formatLsn(cutoff), removedSnapshots: removed.length, removedWalBytes: outcome.removedWalBytes },
+      'GC done',
+    );
+    return outcome;
+  }
+
   // --- Basebackups --------------------------------------------------------------------------------------------
 
   /** Prepares a basebackup at `lsn` (0: the last record); waits (within `signal`) until it is ingested. */
-  async basebackup(timelineId: string, requested: Lsn, options: { thin: boolean; replica: boolean }, signal: AbortSignal): Promise<PreparedBasebackup> {
+  async basebackup(
+    timelineId: string,
+    requested: Lsn,
+    options: { thin: boolean; replica: boolean },
+    signal: AbortSignal,
+    giveUpAtMs?: number,
+  ): Promise<PreparedBasebackup> {
     const timeline = this.get(timelineId);
     const lsn = requested === 0n ? timeline.lastRecordLsn : requested;
     if (lsn < timeline.gcCutoffLsn) {
       throw failedPrecondition(`LSN ${formatLsn(lsn)} is below the GC cutoff ${formatLsn(timeline.gcCutoffLsn)} of ${timelineId}: hold history with an LSN lease`);
     }
-    await timeline.waitForLsn(lsn, signal);
+    await timeline.waitForLsn(lsn, signal, giveUpAtMs);
     const stop = basebackupSeconds.startTimer();
     const snapshot = this.snapshotFor(timeline, lsn);
     const prev = await this.recordBefore(timeline, snapshot, lsn);
@@ -418,8 +554,11 @@ export class Pageserver {
     await this.ensureLocalView(timeline, segmentStart(firstSegment), lsn);
     const omitted: Array<{ path: string; blocks: number }> = [];
     const entries = dataDirEntries(this.reader, snapshot, { thin: options.thin, omitted: (file, blocks) => omitted.push({ path: file, blocks }) });
-    // Make sure every object is here before the first byte goes out.
+    // Make sure every object is here (and whole) before the first byte goes out.
     await this.reader.local(snapshot, 'files');
+    for (let current: SnapshotIndex | undefined = snapshot; current; current = current.parent ? this.findSnapshot(current.parent) : undefined) {
+      await this.reader.local(current, 'pages');
+    }
     const extra = new Map<string, Buffer>();
     extra.set('postgresql.conf', Buffer.from('# written by SPG99\'s basebackup; the compute gives its settings on the command line\n'));
     extra.set('postgresql.auto.conf', Buffer.alloc(0));

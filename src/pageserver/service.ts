@@ -15,8 +15,9 @@ import type {
 } from '../../gen/spg99/pageserver/v1/pageserver.js';
 import { BasebackupMode, ForkNumber, TimelineState } from '../../gen/spg99/pageserver/v1/pageserver.js';
 import { AsyncQueue } from '../lib/async.js';
+import type { Duration } from '../../gen/google/protobuf/duration.js';
 import type { RelFork } from './pages.js';
-import type { ServerContextExtension } from '../lib/grpc/server.js';
+import { beforeDeadline, type ServerContextExtension } from '../lib/grpc/server.js';
 import { invalidArgument, notFound, ServerError, Status } from '../lib/grpc/errors.js';
 import { TIMELINE_ID_PATTERN } from '../lib/ids.js';
 import { formatLsn, isValidLsn, type Lsn } from '../lib/lsn.js';
@@ -36,6 +37,13 @@ function timelineId(value: string, field = 'timeline_id'): string {
 function lsnArgument(value: bigint, field: string): Lsn {
   if (!isValidLsn(value)) throw invalidArgument(`${field} ${value} is not an LSN`);
   return value;
+}
+
+function durationMs(duration: Duration | undefined, field: string): number {
+  if (!duration) throw invalidArgument(`${field} is required: a duration`);
+  const ms = Number(duration.seconds) * 1000 + Math.floor(duration.nanos / 1e6);
+  if (!Number.isFinite(ms) || ms < 0) throw invalidArgument(`${field} must not be negative`);
+  return ms;
 }
 
 function unimplemented(what: string): ServerError {
@@ -100,7 +108,7 @@ export function timelineService(pageserver: Pageserver): TimelineServiceImplemen
       const id = timelineId(request.timelineId);
       const ancestor = timelineId(request.ancestorTimelineId, 'ancestor_timeline_id');
       const point = request.ancestorTime ? { time: request.ancestorTime } : { lsn: lsnArgument(request.ancestorLsn ?? 0n, 'ancestor_lsn') };
-      const timeline = await pageserver.branchTimeline(id, ancestor, point, context.signal);
+      const timeline = await pageserver.branchTimeline(id, ancestor, point, context.signal, beforeDeadline(context)?.atMs);
       return { timeline: timelineInfo(pageserver, timeline) };
     },
 
@@ -123,24 +131,39 @@ export function timelineService(pageserver: Pageserver): TimelineServiceImplemen
     async waitForLsn(request, context) {
       const timeline = pageserver.get(timelineId(request.timelineId));
       const lsn = lsnArgument(request.lsn, 'lsn');
-      return { lastRecordLsn: await timeline.waitForLsn(lsn, context.signal) };
+      return { lastRecordLsn: await timeline.waitForLsn(lsn, context.signal, beforeDeadline(context)?.atMs) };
     },
 
-    async createLsnLease() {
-      throw unimplemented('LSN leases');
+    async createLsnLease(request) {
+      const id = timelineId(request.timelineId);
+      const lease = await pageserver.createLease(id, lsnArgument(request.lsn, 'lsn'), durationMs(request.ttl, 'ttl'), false);
+      return { lease: { timelineId: id, lsn: lease.lsn, expiresAt: lease.expiresAt } };
     },
 
-    async renewLsnLease() {
-      throw unimplemented('LSN leases');
+    async renewLsnLease(request) {
+      const id = timelineId(request.timelineId);
+      const lease = await pageserver.createLease(id, lsnArgument(request.lsn, 'lsn'), durationMs(request.ttl, 'ttl'), true);
+      return { lease: { timelineId: id, lsn: lease.lsn, expiresAt: lease.expiresAt } };
     },
 
-    async runGc() {
-      throw unimplemented('GC');
+    async runGc(request) {
+      const id = request.timelineId ? timelineId(request.timelineId) : null;
+      const retention = request.retention ? durationMs(request.retention, 'retention') : pageserver.gcRetentionMs;
+      const outcomes = await pageserver.runGc(id, retention);
+      return {
+        results: outcomes.map((outcome) => ({
+          timelineId: outcome.timelineId,
+          gcCutoffLsn: outcome.gcCutoffLsn,
+          removedSnapshotLsns: outcome.removedSnapshotLsns,
+          removedWalBytes: BigInt(outcome.removedWalBytes),
+          removedBytes: BigInt(outcome.removedBytes),
+        })),
+      };
     },
 
     async createSnapshot(request, context) {
       const id = timelineId(request.timelineId);
-      const snapshot = await pageserver.createSnapshot(id, lsnArgument(request.lsn, 'lsn'), context.signal);
+      const snapshot = await pageserver.createSnapshot(id, lsnArgument(request.lsn, 'lsn'), context.signal, beforeDeadline(context)?.atMs);
       return { snapshot: snapshotInfo(snapshot) };
     },
 
@@ -157,7 +180,7 @@ export function timelineService(pageserver: Pageserver): TimelineServiceImplemen
 export function pageService(pageserver: Pageserver): PageServiceImplementation<ServerContextExtension> {
   return {
     async getPage(request, context) {
-      return { pageImage: await readPage(pageserver, request, context.signal) };
+      return { pageImage: await readPage(pageserver, request, context.signal, beforeDeadline(context)?.atMs) };
     },
 
     async *getPages(requests, context) {
@@ -186,19 +209,19 @@ export function pageService(pageserver: Pageserver): PageServiceImplementation<S
     },
 
     async getRelSize(request, context) {
-      const { timeline, lsn } = await readTarget(pageserver, request.timelineId, request.readLsn, context.signal);
+      const { timeline, lsn } = await readTarget(pageserver, request.timelineId, request.readLsn, context.signal, beforeDeadline(context)?.atMs);
       const blocks = await pageserver.pages.relSize(timeline, lsn, relFork(request.rel), context.signal);
       if (blocks === undefined) throw notFound(`the relation fork does not exist in ${timeline.id} at ${formatLsn(lsn)}`);
       return { blockCount: blocks };
     },
 
     async getRelExists(request, context) {
-      const { timeline, lsn } = await readTarget(pageserver, request.timelineId, request.readLsn, context.signal);
+      const { timeline, lsn } = await readTarget(pageserver, request.timelineId, request.readLsn, context.signal, beforeDeadline(context)?.atMs);
       return { exists: (await pageserver.pages.relSize(timeline, lsn, relFork(request.rel), context.signal)) !== undefined };
     },
 
     async getDbSize(request, context) {
-      const { timeline, lsn } = await readTarget(pageserver, request.timelineId, request.readLsn, context.signal);
+      const { timeline, lsn } = await readTarget(pageserver, request.timelineId, request.readLsn, context.signal, beforeDeadline(context)?.atMs);
       if (request.dbNode === 0) throw invalidArgument('db_node is required: the database OID');
       return { sizeBytes: BigInt(await pageserver.pages.dbSize(timeline, lsn, request.dbNode, context.signal)) };
     },
@@ -209,7 +232,7 @@ export function pageService(pageserver: Pageserver): PageServiceImplementation<S
       if (request.mode !== BasebackupMode.BASEBACKUP_MODE_FULL && !thin && request.mode !== BasebackupMode.BASEBACKUP_MODE_UNSPECIFIED) {
         throw invalidArgument(`mode ${request.mode} is not a basebackup mode: use FULL or THIN`);
       }
-      const backup = await pageserver.basebackup(id, lsnArgument(request.lsn, 'lsn'), { thin, replica: request.replica }, context.signal);
+      const backup = await pageserver.basebackup(id, lsnArgument(request.lsn, 'lsn'), { thin, replica: request.replica }, context.signal, beforeDeadline(context)?.atMs);
       yield {
         metadata: {
           lsn: backup.lsn,
@@ -253,7 +276,13 @@ export function pageService(pageserver: Pageserver): PageServiceImplementation<S
 }
 
 /** The timeline and the LSN a read is made at, once the timeline has ingested what the read needs. */
-async function readTarget(pageserver: Pageserver, id: string, readLsn: ReadLsn | undefined, signal: AbortSignal): Promise<{ timeline: Timeline; lsn: Lsn }> {
+async function readTarget(
+  pageserver: Pageserver,
+  id: string,
+  readLsn: ReadLsn | undefined,
+  signal: AbortSignal,
+  giveUpAtMs?: number,
+): Promise<{ timeline: Timeline; lsn: Lsn }> {
   const timeline = pageserver.get(timelineId(id));
   if (!readLsn || readLsn.requestLsn === 0n) throw invalidArgument('read_lsn.request_lsn is required: the LSN to read at');
   const requested = lsnArgument(readLsn.requestLsn, 'read_lsn.request_lsn');
@@ -262,7 +291,7 @@ async function readTarget(pageserver: Pageserver, id: string, readLsn: ReadLsn |
     throw invalidArgument(`not_modified_since_lsn ${formatLsn(notModifiedSince)} is above request_lsn ${formatLsn(requested)}: it must be at or below it`);
   }
   const needed = notModifiedSince === 0n ? requested : notModifiedSince;
-  await timeline.waitForLsn(needed, signal);
+  await timeline.waitForLsn(needed, signal, giveUpAtMs);
   // What was read did not change after `needed`: reading at what is ingested (when below the request) is the same.
   return { timeline, lsn: requested <= timeline.lastRecordLsn ? requested : timeline.lastRecordLsn };
 }
@@ -279,8 +308,8 @@ function relFork(rel: RelTag | undefined): RelFork {
   return { spcOid: rel.spcNode, dbOid: rel.dbNode, relNumber: rel.relNode, forkNumber: rel.fork - 1 };
 }
 
-async function readPage(pageserver: Pageserver, request: GetPageRequest, signal: AbortSignal): Promise<Buffer> {
-  const { timeline, lsn } = await readTarget(pageserver, request.timelineId, request.readLsn, signal);
+async function readPage(pageserver: Pageserver, request: GetPageRequest, signal: AbortSignal, giveUpAtMs?: number): Promise<Buffer> {
+  const { timeline, lsn } = await readTarget(pageserver, request.timelineId, request.readLsn, signal, giveUpAtMs);
   return pageserver.pages.getPage(timeline, lsn, relFork(request.rel), request.blockNumber, signal);
 }
 

@@ -12,6 +12,8 @@ import path from 'node:path';
 import { formatLsn, type Lsn } from '../lib/lsn.js';
 import type { Logger } from '../lib/log.js';
 import type { ObjectStore } from './storage/object-store.js';
+import { ObjectNotFoundError } from './storage/object-store.js';
+import { ServerError, Status } from '../lib/grpc/errors.js';
 import {
   PAGE_SIZE,
   parseRelationPath,
@@ -178,6 +180,71 @@ async function uploadSnapshot(store: ObjectStore, index: SnapshotIndex, pagesFil
   await store.put(snapshotKey(index.timelineId, lsn, 'json'), Buffer.from(JSON.stringify(index)));
 }
 
+/** The object holding a part of a snapshot. */
+export function objectKey(snapshot: SnapshotIndex, part: 'pages' | 'files' | 'json'): string {
+  if (part === 'pages' && snapshot.pagesKey) return snapshot.pagesKey;
+  return snapshotKey(snapshot.timelineId, BigInt(snapshot.lsn), part);
+}
+
+/**
+ * Rewrites `snapshot` so that it no longer needs the snapshots between it and `newParent` (null: none at all): it
+ * then stores every block whose image it took from them. The new pages go to a new object and the index is
+ * replaced last, so a crash leaves the old, still complete, version. Answers the new index.
+ */
+export async function rebaseSnapshot(
+  reader: SnapshotReader,
+  store: ObjectStore,
+  snapshot: SnapshotIndex,
+  newParent: SnapshotIndex | null,
+  stagingDir: string,
+): Promise<SnapshotIndex> {
+  const keep = (source: PageSource) => source.snapshot === snapshot || (newParent !== null && isInChain(reader, newParent, source.snapshot));
+  fs.mkdirSync(stagingDir, { recursive: true });
+  const generation = Date.now().toString(36);
+  const pagesKey = `${snapshotKey(snapshot.timelineId, BigInt(snapshot.lsn), 'pages')}.${generation}`;
+  const pagesFile = path.join(stagingDir, `rebase-${snapshot.timelineId}-${snapshot.lsn}-${generation}.pages`);
+  const fd = fs.openSync(pagesFile, 'w');
+  let pageCount = 0;
+  const relations: SnapshotRelation[] = [];
+  const page = Buffer.alloc(PAGE_SIZE);
+  try {
+    for (const relation of snapshot.relations) {
+      const sources = reader.resolveRelation(snapshot, relation.path);
+      const stored: number[] = [];
+      const pageOffset = pageCount;
+      for (let block = 0; block < sources.length; block++) {
+        const source = sources[block] as PageSource;
+        if (source.snapshot !== snapshot && keep(source)) continue;
+        await reader.readPage(source, page);
+        fs.writeSync(fd, page, 0, PAGE_SIZE, pageCount * PAGE_SIZE);
+        stored.push(block);
+        pageCount++;
+      }
+      relations.push({ path: relation.path, blocks: relation.blocks, stored, pageOffset });
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  const rebased: SnapshotIndex = {
+    ...snapshot,
+    parent: newParent ? { timelineId: newParent.timelineId, lsn: newParent.lsn } : null,
+    relations,
+    pageCount,
+    pagesKey,
+  };
+  await store.putFile(pagesKey, pagesFile);
+  await store.put(snapshotKey(snapshot.timelineId, BigInt(snapshot.lsn), 'json'), Buffer.from(JSON.stringify(rebased)));
+  fs.rmSync(pagesFile, { force: true });
+  return rebased;
+}
+
+function isInChain(reader: SnapshotReader, head: SnapshotIndex, wanted: SnapshotIndex): boolean {
+  for (let current: SnapshotIndex | undefined = head; current; current = current.parent ? reader.lookup(current.parent) : undefined) {
+    if (current === wanted) return true;
+  }
+  return false;
+}
+
 /** Bytes a snapshot occupies in object storage. */
 export function snapshotBytes(index: SnapshotIndex): number {
   return index.pageCount * PAGE_SIZE + index.filesBytes + 512 * index.relations.length;
@@ -219,7 +286,7 @@ export class SnapshotReader {
   constructor(
     private readonly store: ObjectStore,
     private readonly cacheDir: string,
-    private readonly lookup: SnapshotLookup,
+    readonly lookup: SnapshotLookup,
   ) {
     fs.mkdirSync(cacheDir, { recursive: true });
   }
@@ -270,17 +337,29 @@ export class SnapshotReader {
 
   /** The local path of a snapshot object, downloaded once. */
   async local(snapshot: SnapshotIndex, part: 'pages' | 'files'): Promise<string> {
-    const key = snapshotKey(snapshot.timelineId, BigInt(snapshot.lsn), part);
+    const key = objectKey(snapshot, part);
     let download = this.downloads.get(key);
     if (!download) {
       const file = path.join(this.cacheDir, key.replace(/\//g, '_'));
       download = (async () => {
-        if (!fs.existsSync(file)) await this.store.getToFile(key, file);
+        if (!fs.existsSync(file)) {
+          try {
+            await this.store.getToFile(key, file);
+          } catch (error) {
+            if (error instanceof ObjectNotFoundError) {
+              throw new ServerError(Status.DATA_LOSS, `object ${key} of a snapshot is missing from ${this.store.description}: the history is damaged`);
+            }
+            throw error;
+          }
+        }
         const expected = part === 'pages' ? snapshot.pageCount * PAGE_SIZE : snapshot.filesBytes;
         const size = fs.statSync(file).size;
         if (size !== expected) {
           fs.rmSync(file, { force: true });
-          throw new Error(`object ${key} in ${this.store.description} has ${size} bytes, its index says ${expected}: it is corrupt`);
+          throw new ServerError(
+            Status.DATA_LOSS,
+            `object ${key} in ${this.store.description} has ${size} bytes where its index says ${expected}: it is corrupt; restore it from a backup of the bucket`,
+          );
         }
         return file;
       })();
@@ -308,7 +387,7 @@ export class SnapshotReader {
   /** Forgets cached objects of a removed snapshot. */
   evict(snapshot: SnapshotIndex): void {
     for (const part of ['pages', 'files'] as const) {
-      const key = snapshotKey(snapshot.timelineId, BigInt(snapshot.lsn), part);
+      const key = objectKey(snapshot, part);
       const fd = this.fds.get(key);
       if (fd !== undefined) fs.closeSync(fd);
       this.fds.delete(key);
@@ -324,7 +403,7 @@ export class SnapshotReader {
   }
 
   private async fd(snapshot: SnapshotIndex, part: 'pages' | 'files'): Promise<number> {
-    const key = snapshotKey(snapshot.timelineId, BigInt(snapshot.lsn), part);
+    const key = objectKey(snapshot, part);
     let fd = this.fds.get(key);
     if (fd === undefined) {
       fd = fs.openSync(await this.local(snapshot, part), 'r');

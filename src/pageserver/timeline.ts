@@ -7,6 +7,7 @@ import { delay } from 'abort-controller-x';
 import { formatLsn, segmentNumber, type Lsn } from '../lib/lsn.js';
 import type { Logger } from '../lib/log.js';
 import { Notifier } from '../lib/async.js';
+import { notFound, ServerError, Status } from '../lib/grpc/errors.js';
 import { Backoff } from '../lib/retry.js';
 import { counter, gauge } from '../lib/metrics.js';
 import { createSpgClient, openChannel } from '../lib/grpc/client.js';
@@ -143,11 +144,23 @@ export class Timeline {
     return this.snapshots[this.snapshots.length - 1];
   }
 
-  /** Waits until WAL up to `lsn` is ingested; rejects when `signal` aborts. */
-  async waitForLsn(lsn: Lsn, signal: AbortSignal): Promise<Lsn> {
+  /**
+   * Waits until WAL up to `lsn` is ingested; rejects when `signal` aborts, or with DEADLINE_EXCEEDED and what was
+   * missing at `giveUpAtMs` (just before the caller's deadline).
+   */
+  async waitForLsn(lsn: Lsn, signal: AbortSignal, giveUpAtMs?: number): Promise<Lsn> {
     while (this.lastRecordLsn < lsn) {
-      if (this.deleted) throw new Error(`timeline ${this.id} was deleted`);
-      await this.changed.wait(signal, 1000);
+      if (this.deleted) throw notFound(`timeline ${this.id} was deleted`);
+      const left = giveUpAtMs === undefined ? 1000 : giveUpAtMs - Date.now();
+      if (left <= 0) {
+        const source = this.walSourceAddress ? `following ${this.walSourceAddress}` : this.state.walSources.length ? 'no safekeeper answers' : 'no WAL source is set';
+        throw new ServerError(
+          Status.DEADLINE_EXCEEDED,
+          `timeline ${this.id} has WAL only up to ${formatLsn(this.lastRecordLsn)} (${source}); ${formatLsn(lsn)} did not arrive before the deadline: ` +
+            'is a compute writing it, or ask for an LSN it has',
+        );
+      }
+      await this.changed.wait(signal, Math.min(1000, left));
     }
     return this.lastRecordLsn;
   }

@@ -8,13 +8,15 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
 import type pg from 'pg';
-import { useHarness, waitFor } from '../harness/process.js';
+import type { AddressInfo } from 'node:net';
+import S3rver from 's3rver';
+import { TempDir, useHarness, waitFor } from '../harness/process.js';
 import { createTimeline, newTimelineId, startSafekeepers, type SafekeeperNode } from '../harness/safekeepers.js';
 import { ComputeNode } from '../harness/computes.js';
 import { PageserverNode } from '../harness/pageserver.js';
 import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { formatLsn, parseLsn } from '../../src/lib/lsn.js';
-import { ForkNumber, type TimelineInfo } from '../../gen/spg99/pageserver/v1/pageserver.js';
+import { BasebackupMode, ForkNumber, type TimelineInfo } from '../../gen/spg99/pageserver/v1/pageserver.js';
 
 const run = promisify(execFile);
 
@@ -225,6 +227,91 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
     expect(Number(sizeBytes)).to.be.greaterThan(1024 * 1024);
   });
 
+  /** Reads a whole basebackup stream; answers its metadata and the tar bytes received. */
+  async function basebackupAt(timelineId: string, lsn: bigint, thin = false, deadlineMs = 60_000): Promise<{ lsn: bigint; tarBytes: bigint; received: number }> {
+    let metadata: { lsn: bigint; tarBytes: bigint } | undefined;
+    let received = 0;
+    const mode = thin ? BasebackupMode.BASEBACKUP_MODE_THIN : BasebackupMode.BASEBACKUP_MODE_FULL;
+    for await (const response of pageserver.pages.basebackup({ timelineId, lsn, mode, replica: false }, { deadline: new Date(Date.now() + deadlineMs) })) {
+      if (response.metadata) metadata = response.metadata;
+      if (response.tarChunk) received += response.tarChunk.length;
+    }
+    if (!metadata) throw new Error('no basebackup metadata');
+    return { lsn: metadata.lsn, tarBytes: metadata.tarBytes, received };
+  }
+
+  it('keeps history under an LSN lease from GC until the lease expires, then GC removes it', async () => {
+    const timelineId = await newTimeline();
+    const compute = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
+    const client = await connect(compute);
+    await client.query('CREATE TABLE t (id int PRIMARY KEY, phase text)');
+    await client.query(`INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100) g`);
+    const lsnA = await flushLsn(client);
+    const { snapshot: snapshotA } = await pageserver.timelines.createSnapshot({ timelineId, lsn: lsnA }, { deadline: new Date(Date.now() + 60_000) });
+    await client.query(`INSERT INTO t SELECT g, 'b' FROM generate_series(101, 200) g`);
+    await client.query('CHECKPOINT');
+    const lsnB = await flushLsn(client);
+    await pageserver.timelines.createSnapshot({ timelineId, lsn: lsnB }, { deadline: new Date(Date.now() + 60_000) });
+    const { lease } = await pageserver.timelines.createLsnLease({ timelineId, lsn: lsnA, ttl: { seconds: 3n, nanos: 0 } });
+    const retention = { seconds: 0n, nanos: 0 };
+
+    const held = await pageserver.timelines.runGc({ timelineId, retention });
+    expect(held.results[0]?.gcCutoffLsn).to.equal(lsnA);
+    expect((await basebackupAt(timelineId, lsnA)).lsn).to.equal(lsnA);
+
+    // Once the lease has expired, GC moves past it.
+    let after = held;
+    await waitFor(async () => {
+      after = await pageserver.timelines.runGc({ timelineId, retention });
+      return (after.results[0]?.gcCutoffLsn ?? 0n) > lsnA;
+    }, { what: `GC past ${formatLsn(lsnA)} after the lease (expiring ${lease?.expiresAt?.toISOString()}) ends`, timeoutMs: 30_000 });
+    expect(after.results[0]?.removedSnapshotLsns).to.include(snapshotA?.lsn);
+    const gone = await basebackupAt(timelineId, lsnA).catch((caught: unknown) => caught);
+    expect((gone as ClientError).code).to.equal(Status.FAILED_PRECONDITION);
+    expect((gone as ClientError).details).to.contain('GC cutoff');
+    const branch = await pageserver.timelines
+      .branchTimeline({ timelineId: newTimelineId(), ancestorTimelineId: timelineId, ancestorLsn: lsnA })
+      .catch((caught: unknown) => caught);
+    expect((branch as ClientError).code).to.equal(Status.FAILED_PRECONDITION);
+    const again = await pageserver.timelines.createLsnLease({ timelineId, lsn: lsnA, ttl: { seconds: 60n, nanos: 0 } }).catch((caught: unknown) => caught);
+    expect((again as ClientError).code).to.equal(Status.FAILED_PRECONDITION);
+
+    // What GC kept (rewritten without the removed snapshots) still starts a compute with every row.
+    await client.end();
+    clients.length = 0;
+    await compute.process.stop();
+    const next = await ComputeNode.start(harness(), { timelineId, term: 2, safekeepers, pageserver: pageserver.address });
+    expect(await phases(await connect(next))).to.deep.equal({ a: 100, b: 100 });
+  });
+
+  it('waits for WAL not yet ingested until just before the deadline, then says what is missing', async () => {
+    const timelineId = await newTimeline();
+    const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
+    const ahead = (timeline?.lastRecordLsn ?? 0n) + 1024n * 1024n;
+    const started = Date.now();
+    const error = await pageserver.timelines
+      .waitForLsn({ timelineId, lsn: ahead }, { deadline: new Date(Date.now() + 1500) })
+      .catch((caught: unknown) => caught);
+    expect(Date.now() - started).to.be.greaterThan(1000);
+    expect((error as ClientError).code).to.equal(Status.DEADLINE_EXCEEDED);
+    expect((error as ClientError).details).to.contain(formatLsn(ahead)).and.to.contain('did not arrive');
+    const backup = await basebackupAt(timelineId, ahead, false, 1500).catch((caught: unknown) => caught);
+    expect((backup as ClientError).code).to.equal(Status.DEADLINE_EXCEEDED);
+    expect((backup as ClientError).details).to.contain(formatLsn(ahead));
+  });
+
+  it('names a corrupt object in storage instead of serving from it', async () => {
+    const timelineId = await newTimeline();
+    const pagesObject = fs
+      .readdirSync(path.join(objectsDir(), 'timelines', timelineId, 'snapshots'))
+      .find((name) => name.endsWith('.pages')) as string;
+    const file = path.join(objectsDir(), 'timelines', timelineId, 'snapshots', pagesObject);
+    fs.truncateSync(file, fs.statSync(file).size - 8192);
+    const error = await basebackupAt(timelineId, 0n).catch((caught: unknown) => caught);
+    expect((error as ClientError).code).to.equal(Status.DATA_LOSS);
+    expect((error as ClientError).details).to.contain(pagesObject).and.to.contain('corrupt');
+  });
+
   it('answers NOT_FOUND for an unknown timeline and INVALID_ARGUMENT for a malformed one', async () => {
     const unknown = newTimelineId();
     const error = await pageserver.timelines.describeTimeline({ timelineId: unknown }).catch((caught: unknown) => caught);
@@ -243,5 +330,53 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
       .createTimeline({ timelineId: newTimelineId(), tenantId: 'tn-test', pgMajorVersion: 9 })
       .catch((caught: unknown) => caught);
     expect((version as ClientError).code).to.equal(Status.INVALID_ARGUMENT);
+  });
+});
+
+describe('pageserver on S3-compatible object storage', function () {
+  this.timeout(300_000);
+  const harness = useHarness();
+  let server: S3rver;
+  let serverDir: TempDir;
+  let port: number;
+
+  before(async () => {
+    serverDir = TempDir.create('s3rver');
+    server = new S3rver({ port: 0, address: '127.0.0.1', directory: serverDir.path, silent: true });
+    const address: AddressInfo = await server.run();
+    port = address.port;
+  });
+
+  after(async () => {
+    await server?.close();
+    serverDir?.remove();
+  });
+
+  it('keeps a timeline in S3 only: a pageserver without its local disk starts a compute with the same rows', async () => {
+    const safekeepers = await startSafekeepers(harness(), 3);
+    const pageserver = await PageserverNode.start(harness(), {
+      objectStore: `s3://spg99-test/pageserver?endpoint=http://127.0.0.1:${port}`,
+      env: { SPG99_S3_ACCESS_KEY: 'S3RVER', SPG99_S3_SECRET_KEY: 'S3RVER' },
+      args: ['--idle-ms', '1500'],
+    });
+    const timelineId = newTimelineId();
+    await pageserver.timelines.createTimeline({ timelineId, tenantId: 'tn-s3', pgMajorVersion: 18 });
+    await createTimeline(safekeepers, timelineId);
+    await pageserver.timelines.setWalSource({ timelineId, safekeeperAddresses: safekeepers.map((node) => node.address) });
+    const first = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
+    const client = await first.connect();
+    await client.query('CREATE TABLE s3 (id int PRIMARY KEY, note text)');
+    await client.query(`INSERT INTO s3 SELECT g, 'in s3 ' || g FROM generate_series(1, 5000) g`);
+    const expected = await tableChecksums(client);
+    await client.end();
+    await first.process.stop();
+    await pageserver.restart({ wipeLocal: true });
+    const second = await ComputeNode.start(harness(), { timelineId, term: 2, safekeepers, pageserver: pageserver.address });
+    const again = await second.connect();
+    try {
+      expect(await tableChecksums(again)).to.deep.equal(expected);
+    } finally {
+      await again.end();
+    }
   });
 });

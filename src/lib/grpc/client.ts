@@ -1,11 +1,39 @@
 /**
  * gRPC clients: one channel per address, deadlines, and the caller's trace id passed on as `x-trace-id`.
  */
-import { createChannel, createClientFactory, type Channel, type CompatServiceDefinition, type Client, Metadata } from 'nice-grpc';
+import {
+  createChannel,
+  createClientFactory,
+  type CallOptions,
+  type Channel,
+  type ClientMiddleware,
+  type ClientMiddlewareCall,
+  type CompatServiceDefinition,
+  type Client,
+  Metadata,
+} from 'nice-grpc';
 import { deadlineMiddleware, type DeadlineOptions } from 'nice-grpc-client-middleware-deadline';
 
 /** A client with deadline support. */
 export type SpgClient<Definition extends CompatServiceDefinition> = Client<Definition, DeadlineOptions>;
+
+/** Metadata carrying the caller's deadline (ms since epoch) to SPG99 servers. */
+export const DEADLINE_METADATA = 'x-spg99-deadline-ms';
+
+/**
+ * The deadline middleware enforces deadlines on the client only; this one also tells the server, so that a server
+ * that waits can answer what it was waiting for just before the deadline instead of a bare DEADLINE_EXCEEDED.
+ */
+const deadlineMetadataMiddleware: ClientMiddleware<DeadlineOptions> = async function* <Request, Response>(
+  call: ClientMiddlewareCall<Request, Response>,
+  options: CallOptions & Partial<DeadlineOptions>,
+) {
+  const { deadline } = options;
+  if (deadline === undefined) return yield* call.next(call.request, options);
+  const ms = deadline instanceof Date ? deadline.getTime() : Date.now() + deadline;
+  const metadata = Metadata(options.metadata).set(DEADLINE_METADATA, String(ms));
+  return yield* call.next(call.request, { ...options, metadata });
+};
 
 /** Opens a channel to `address` (host:port, plaintext on the internal network). */
 export function openChannel(address: string): Channel {
@@ -27,6 +55,8 @@ export function createSpgClient<Definition extends CompatServiceDefinition>(
   traceId?: string,
 ): SpgClient<Definition> {
   return createClientFactory()
+    // The middleware used last runs first: it must see `deadline` before the deadline middleware consumes it.
     .use(deadlineMiddleware)
+    .use(deadlineMetadataMiddleware)
     .create(definition, channel, traceId ? { '*': { metadata: Metadata({ 'x-trace-id': traceId }) } } : {});
 }

@@ -9,6 +9,8 @@ import { createServer, type Server, type CallContext, type ServerMiddlewareCall,
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import { isAbortError } from 'abort-controller-x';
+import { ServerInterceptingCall, type ServerInterceptor } from '@grpc/grpc-js';
+import { DEADLINE_METADATA } from './client.js';
 import type { Logger } from '../log.js';
 import { newTraceId } from '../log.js';
 import { counter, histogram } from '../metrics.js';
@@ -19,6 +21,37 @@ export interface ServerContextExtension {
   traceId: string;
   /** A logger bound to the call's method and trace id. */
   log: Logger;
+  /** When the caller's deadline passes (ms since epoch), if it set one. */
+  deadlineMs?: number;
+}
+
+
+/**
+ * A call's deadline as metadata for the handlers: SPG99's clients send it (client.ts); for others grpc-js knows it from
+ * `grpc-timeout` but takes that header away before handlers run, so this interceptor hands it on. A handler that
+ * waits can then answer a clear error just before the deadline instead of leaving the caller with a bare
+ * DEADLINE_EXCEEDED.
+ */
+const deadlineInterceptor: ServerInterceptor = (_method, call) =>
+  new ServerInterceptingCall(call, {
+    start: (next) =>
+      next({
+        onReceiveMetadata: (metadata, forward) => {
+          const deadline = call.getDeadline();
+          const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+          // Clients of other languages (grpcurl) send grpc-timeout; SPG99's own clients send the metadata.
+          if (Number.isFinite(ms) && metadata.get(DEADLINE_METADATA).length === 0) metadata.set(DEADLINE_METADATA, String(ms));
+          forward(metadata);
+        },
+      }),
+  });
+
+/**
+ * An error to answer a little before the caller's deadline with (so that it arrives), or null when the call has no
+ * deadline. `describe` says what was being waited for.
+ */
+export function beforeDeadline(context: ServerContextExtension, marginMs = 250): { atMs: number } | null {
+  return context.deadlineMs === undefined ? null : { atMs: context.deadlineMs - marginMs };
 }
 
 /** The call context of SPG99's handlers. */
@@ -48,7 +81,7 @@ export interface RunningServer {
 /** Builds the server: add services to the returned object, then `listen`. */
 export function buildServer(log: Logger) {
   const openCalls = new Set<AbortController>();
-  const server: Server<ServerContextExtension> = createServer().use(async function* spg99Middleware<Request, Response>(
+  const server: Server<ServerContextExtension> = createServer({ interceptors: [deadlineInterceptor] }).use(async function* spg99Middleware<Request, Response>(
     call: ServerMiddlewareCall<Request, Response, ServerContextExtension>,
     context: CallContext,
   ) {
@@ -63,7 +96,9 @@ export function buildServer(log: Logger) {
     const stopTimer = durations.startTimer({ method });
     let code = Status.OK;
     try {
-      return yield* call.next(call.request, { ...context, signal: controller.signal, traceId, log: callLog });
+      const deadline = Number(context.metadata.get(DEADLINE_METADATA));
+      const deadlineMs = Number.isFinite(deadline) && deadline > 0 ? deadline : undefined;
+      return yield* call.next(call.request, { ...context, signal: controller.signal, traceId, log: callLog, deadlineMs });
     } catch (error) {
       if (error instanceof ServerError) {
         code = error.code;
