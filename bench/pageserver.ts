@@ -30,7 +30,7 @@ import { ComputeNode } from '../test/harness/computes.js';
 import { PageserverNode } from '../test/harness/pageserver.js';
 import { createSpgClient, openChannel, type SpgClient } from '../src/lib/grpc/client.js';
 import { AsyncQueue } from '../src/lib/async.js';
-import { formatLsn, type Lsn } from '../src/lib/lsn.js';
+import { formatLsn, parseLsn, type Lsn } from '../src/lib/lsn.js';
 import {
   BasebackupMode,
   ForkNumber,
@@ -52,6 +52,8 @@ const TENANT_ID = 'tn-bench';
 const CALL_TIMEOUT_MS = 300_000;
 /** How long to wait for the pageserver to stop the replayer of the stopped timeline (its --idle-ms is 10 s). */
 const REST_WAIT_MS = 30_000;
+/** How long the pageserver may take to ingest the WAL a stopped compute left behind. */
+const CATCH_UP_MS = 240_000;
 
 type PageClient = SpgClient<typeof PageServiceDefinition>;
 
@@ -269,14 +271,36 @@ function brief(line: LogLine): string {
 }
 
 /** Stops a compute cleanly (SIGTERM: a fast shutdown, then a pageserver snapshot at the final LSN). */
-async function stopCompute(compute: ComputeNode): Promise<{ seconds: number; snapshot: string }> {
+async function stopCompute(compute: ComputeNode): Promise<{ seconds: number; snapshot: string; finalLsn?: Lsn }> {
   const started = performance.now();
   const exit = await compute.process.stop(180_000);
   const seconds = since(started) / 1000;
   if (exit.code !== 0) throw new Error(`${compute.computeId} exited ${JSON.stringify(exit)} after SIGTERM; its last output:\n${compute.process.tail()}`);
   const snapshot = compute.process.findLine((line) => line.msg === 'pageserver snapshot at the final LSN');
   const missed = compute.process.findLine((line) => line.msg === 'no snapshot at the final LSN; the pageserver makes one when idle');
-  return { seconds, snapshot: snapshot ? `snapshot at ${String(snapshot.lsn)}` : missed ? `no snapshot (${String(missed.error)})` : 'no snapshot line' };
+  const finalLsn = typeof (snapshot ?? missed)?.lsn === 'string' ? parseLsn(String((snapshot ?? missed)?.lsn)) : undefined;
+  return {
+    seconds,
+    finalLsn,
+    snapshot: snapshot ? `snapshot at ${String(snapshot.lsn)}` : missed ? `no snapshot at ${String(missed.lsn)}: ${String(missed.error)}` : 'no snapshot line',
+  };
+}
+
+/** Where the pageserver's ingest of `timelineId` stands against the safekeepers. */
+async function ingestPosition(pageserver: PageserverNode, safekeepers: readonly SafekeeperNode[], timelineId: string): Promise<{ lagBytes: bigint; text: string }> {
+  const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
+  const statuses = await Promise.all(safekeepers.map(async (node) => ({ id: node.id, status: await node.status(timelineId) })));
+  const commitLsn = statuses.reduce((highest, { status }) => (status.commitLsn > highest ? status.commitLsn : highest), 0n);
+  const lastRecordLsn = timeline?.lastRecordLsn ?? 0n;
+  const lagBytes = commitLsn - lastRecordLsn;
+  const safekeeperText = statuses.map(({ id, status }) => `${id} flush ${formatLsn(status.flushLsn)} commit ${formatLsn(status.commitLsn)}`).join(', ');
+  return {
+    lagBytes,
+    text:
+      `pageserver last_record_lsn ${formatLsn(lastRecordLsn)} (${mib(Number(lagBytes))} behind the commit LSN), remote_consistent_lsn ` +
+      `${formatLsn(timeline?.remoteConsistentLsn ?? 0n)}, following ${timeline?.walSourceAddress || 'no safekeeper'}, ` +
+      `replayer ${timeline?.replayerRunning ? 'running' : 'stopped'}; ${safekeeperText}`,
+  };
 }
 
 const harness = new Harness();
@@ -350,19 +374,38 @@ try {
     `pgbench -i -s ${scale}: ${fixed(initSeconds, 1)} s; pgbench_accounts ${mib(relationBytes)} (${blockCount} blocks, ` +
       `db ${relation.db}, relfilenode ${relation.rel}), WAL at ${relation.lsn}`,
   );
+  const lagAtEnd = await ingestPosition(pageserver, safekeepers, timelineId);
+  console.log(`at the end of pgbench -i: ${lagAtEnd.text}`);
   const firstStop = await stopCompute(first);
+  const finalLsn = firstStop.finalLsn ?? parseLsn(relation.lsn);
+  console.log(`compute stopped in ${fixed(firstStop.seconds, 1)} s (${firstStop.snapshot}); final LSN ${formatLsn(finalLsn)}`);
+  // The reads must see the whole table: wait until the pageserver has ingested the compute's last record.
+  const catchUpStarted = performance.now();
+  try {
+    await pageserver.timelines.waitForLsn({ timelineId, lsn: finalLsn }, deadline(CATCH_UP_MS));
+  } catch (error) {
+    const position = await ingestPosition(pageserver, safekeepers, timelineId);
+    throw new Error(
+      `the pageserver did not ingest up to the final LSN ${formatLsn(finalLsn)} within ${CATCH_UP_MS / 1000} s ` +
+        `(${(error as Error).message}): ${position.text}`,
+    );
+  }
+  const catchUpSeconds = since(catchUpStarted) / 1000;
   // At rest: the pageserver stops the replayer once the timeline is idle and a snapshot covers its end.
   const restStarted = performance.now();
   const timeline = await waitFor(
     async () => {
       const { timeline: described } = await pageserver.timelines.describeTimeline({ timelineId });
-      return described && (!described.replayerRunning || since(restStarted) > REST_WAIT_MS) ? described : undefined;
+      const covered = described && described.snapshots.some((snapshot) => snapshot.lsn >= described.lastRecordLsn);
+      return described && ((covered && !described.replayerRunning) || since(restStarted) > REST_WAIT_MS) ? described : undefined;
     },
     { what: `DescribeTimeline of ${timelineId}`, timeoutMs: REST_WAIT_MS + 10_000, intervalMs: 200 },
   );
+  const newestSnapshot = timeline.snapshots.at(-1)?.lsn ?? 0n;
   console.log(
-    `compute stopped in ${fixed(firstStop.seconds, 1)} s (${firstStop.snapshot}); timeline last_record_lsn ${formatLsn(timeline.lastRecordLsn)}, ` +
-      `${timeline.snapshots.length} snapshots, replayer ${timeline.replayerRunning ? `still running after ${REST_WAIT_MS / 1000} s` : `stopped after ${fixed(since(restStarted) / 1000, 1)} s`}`,
+    `pageserver caught up with the final LSN ${fixed(catchUpSeconds, 1)} s after the stop; at rest after ${fixed(since(restStarted) / 1000, 1)} s more: ` +
+      `last_record_lsn ${formatLsn(timeline.lastRecordLsn)}, ${timeline.snapshots.length} snapshots (newest ${formatLsn(newestSnapshot)}), ` +
+      `replayer ${timeline.replayerRunning ? 'running' : 'stopped'}`,
   );
   const emptyTimelineId = await newTimeline([]);
 

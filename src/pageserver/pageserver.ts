@@ -56,6 +56,8 @@ export interface PageserverOptions {
   snapshotWalBytes: number;
   /** A timeline with no new WAL for this long is snapshotted (if needed) and its replayer stopped. */
   idleMs: number;
+  /** A timeline with new WAL is snapshotted at least this often. */
+  snapshotIntervalMs: number;
   uploadIntervalMs: number;
   /** The longest an LSN lease is held. */
   maxLeaseMs: number;
@@ -83,6 +85,7 @@ export interface PreparedBasebackup {
   tarBytes: number;
   omittedBytes: number;
   omitted: Array<{ path: string; blocks: number }>;
+  logicalBytes: number;
   systemId: bigint;
   pgMajorVersion: number;
   chunks: () => AsyncIterable<Buffer>;
@@ -115,15 +118,23 @@ export class Pageserver {
       if (match?.[1]) ids.add(match[1]);
     }
     for (const id of ids) {
-      const meta = JSON.parse((await options.store.get(timelineMetaKey(id))).toString('utf8')) as TimelineMeta;
-      const state = JSON.parse((await options.store.get(timelineStateKey(id))).toString('utf8')) as TimelineDurableState;
-      const snapshots: SnapshotIndex[] = [];
-      for (const object of keys) {
-        if (object.key.startsWith(`${timelinePrefix(id)}snapshots/`) && object.key.endsWith('.json')) {
-          snapshots.push(parseSnapshotIndex(object.key, await options.store.get(object.key)));
+      let key = timelineMetaKey(id);
+      try {
+        const meta = JSON.parse((await options.store.get(key)).toString('utf8')) as TimelineMeta;
+        key = timelineStateKey(id);
+        const state = JSON.parse((await options.store.get(key)).toString('utf8')) as TimelineDurableState;
+        const snapshots: SnapshotIndex[] = [];
+        for (const object of keys) {
+          if (object.key.startsWith(`${timelinePrefix(id)}snapshots/`) && object.key.endsWith('.json')) {
+            key = object.key;
+            snapshots.push(parseSnapshotIndex(object.key, await options.store.get(object.key)));
+          }
         }
+        pageserver.register(meta, state, snapshots);
+      } catch (error) {
+        // One damaged timeline must not keep the others from being served.
+        options.log.error({ timelineId: id, object: key, error: (error as Error).message }, 'cannot load timeline: an object of it is damaged; it is not served');
       }
-      pageserver.register(meta, state, snapshots);
     }
     for (const timeline of pageserver.timelines.values()) {
       if (timeline.state.walSources.length > 0) timeline.setWalSources(timeline.state.walSources);
@@ -362,7 +373,8 @@ export class Pageserver {
       const behind = timeline.lastRecordLsn - covered;
       const idle = Date.now() - timeline.lastWalAt >= this.options.idleMs;
       try {
-        if (behind >= BigInt(this.options.snapshotWalBytes) || (behind > 0n && idle)) {
+        const stale = latest !== undefined && Date.now() - Date.parse(latest.createdAt) >= this.options.snapshotIntervalMs;
+        if (behind >= BigInt(this.options.snapshotWalBytes) || (behind > 0n && (idle || stale))) {
           await this.createSnapshot(timeline.id, timeline.lastRecordLsn, AbortSignal.timeout(120_000));
         } else if (behind > 0n && !this.replayers.has(timeline.id)) {
           await this.exclusive(timeline.id, () => this.ensureReplayer(timeline));
@@ -589,6 +601,7 @@ export class Pageserver {
       tarBytes,
       omittedBytes,
       omitted,
+      logicalBytes: snapshot.relations.reduce((sum, relation) => sum + relation.blocks * PAGE_SIZE, 0),
       systemId: BigInt(timeline.meta.systemId),
       pgMajorVersion: timeline.meta.pgMajorVersion,
       chunks: async function* () {
@@ -759,6 +772,14 @@ export class Pageserver {
       if (this.locks.get(timelineId) === settled) this.locks.delete(timelineId);
     });
     return next;
+  }
+
+  /** Bytes of the databases' files as of the newest snapshot in the timeline's view. */
+  logicalSize(timeline: Timeline): number {
+    const latest = this.viewSnapshots(timeline).at(-1);
+    if (!latest) return 0;
+    const relations = latest.relations.reduce((sum, relation) => sum + relation.blocks * PAGE_SIZE, 0);
+    return relations + latest.files.filter((file) => file.path.startsWith('base/') || file.path.startsWith('global/')).reduce((sum, file) => sum + file.size, 0);
   }
 
   /** Bytes a timeline owns in object storage. */

@@ -128,6 +128,12 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
     await client.end();
     clients.length = 0;
     await compute.process.stop();
+    // The writer stopped: a snapshot covers the end of its WAL, and the idle timeline's replayer stops.
+    await waitFor(async () => {
+      const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
+      const covered = timeline?.snapshots.at(-1)?.lsn ?? 0n;
+      return timeline !== undefined && !timeline.replayerRunning && covered === timeline.lastRecordLsn && covered >= end;
+    }, { what: 'a snapshot at the end of WAL and the replayer stopped', timeoutMs: 60_000 });
     await pageserver.restart({ crash: true, wipeLocal: true });
     const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
     expect(timeline?.lastRecordLsn !== undefined && timeline.lastRecordLsn >= end, `last record ${formatLsn(timeline?.lastRecordLsn ?? 0n)} ≥ ${formatLsn(end)}`).to.equal(true);
@@ -225,6 +231,39 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
     expect((beyond as ClientError).code).to.equal(Status.OUT_OF_RANGE);
     const { sizeBytes } = await pageserver.pages.getDbSize({ timelineId, dbNode: rel.db, readLsn });
     expect(Number(sizeBytes)).to.be.greaterThan(1024 * 1024);
+
+    // A thin basebackup leaves out the user relations of its snapshot and lists them; a full one carries them.
+    await pageserver.timelines.createSnapshot({ timelineId, lsn: lsn2 }, { deadline: new Date(Date.now() + 60_000) });
+    const omitted: number[] = [];
+    let thinBytes = 0n;
+    for await (const response of pageserver.pages.basebackup({ timelineId, lsn: lsn2, mode: BasebackupMode.BASEBACKUP_MODE_THIN, replica: false })) {
+      for (const relation of response.omittedRelations?.relations ?? []) omitted.push(relation.rel?.relNode ?? 0);
+      if (response.metadata) thinBytes = response.metadata.tarBytes;
+    }
+    expect(omitted).to.include(rel.rel);
+    expect(thinBytes < (await basebackupAt(timelineId, lsn2)).tarBytes).to.equal(true);
+  });
+
+  it('keeps ingesting when the safekeeper it follows dies', async () => {
+    const timelineId = await newTimeline();
+    const compute = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
+    const client = await connect(compute);
+    await client.query('CREATE TABLE s (id int)');
+    await client.query('INSERT INTO s SELECT generate_series(1, 100)');
+    let followed = '';
+    await waitFor(async () => {
+      const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
+      followed = timeline?.walSourceAddress ?? '';
+      return followed !== '';
+    }, { what: 'the pageserver following a safekeeper' });
+    const victim = safekeepers.find((node) => node.address === followed) as SafekeeperNode;
+    await victim.kill9();
+    await client.query('INSERT INTO s SELECT generate_series(101, 200)');
+    const end = await flushLsn(client);
+    await waitFor(async () => {
+      const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
+      return timeline !== undefined && timeline.lastRecordLsn >= end && timeline.walSourceAddress !== followed;
+    }, { what: `WAL up to ${formatLsn(end)} from another safekeeper than ${followed}`, timeoutMs: 60_000 });
   });
 
   /** Reads a whole basebackup stream; answers its metadata and the tar bytes received. */
