@@ -37,6 +37,8 @@ export interface ComputeOptions {
   pgPort: number;
   /** Create the timeline on safekeepers that lack it (local clusters; the control plane does it otherwise). */
   createTimeline: boolean;
+  /** WAL the walproposer keeps in memory for lagging safekeepers, in bytes. */
+  walBufferBytes?: number;
   /** The pageserver holding the timeline's history: a compute without a data directory starts from its basebackup. */
   pageserver?: string;
   /** Extra Postgres settings. */
@@ -76,6 +78,7 @@ export class Compute {
       term: options.term,
       proposerId: options.computeId,
       safekeepers: options.safekeepers,
+      bufferKeepBytes: options.walBufferBytes,
       log: options.log.child({ part: 'walproposer' }),
       traceId: options.traceId,
     });

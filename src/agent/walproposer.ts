@@ -86,6 +86,8 @@ export interface WalProposerOptions {
   proposerId: string;
   /** Safekeeper addresses (host:port); a majority must agree. */
   safekeepers: string[];
+  /** WAL kept in memory below the commit LSN for lagging safekeepers (default 64 MiB); older WAL comes from peers. */
+  bufferKeepBytes?: number;
   log: Logger;
   traceId?: string;
 }
@@ -105,6 +107,8 @@ class Peer {
   flushLsn: Lsn | null = null;
   /** The commit LSN the safekeeper last reported knowing (what it serves to consumers). */
   knownCommitLsn: Lsn = 0n;
+  /** The end of its log as last heard (its vote, then its acknowledgements); null if never heard from. */
+  lastHeardFlushLsn: Lsn | null = null;
   lastError = '';
 
   constructor(
@@ -323,6 +327,22 @@ export class WalProposer {
     }
   }
 
+  /**
+   * The lowest log end among the safekeepers heard from: WAL above it must stay on the others for the laggard to
+   * catch up. A safekeeper never heard from in this process does not hold WAL back (it recovers from object
+   * storage, or by operator action, when it returns).
+   */
+  peerHorizon(): Lsn {
+    let horizon: Lsn | null = null;
+    for (const peer of this.peers) {
+      if (peer.lastHeardFlushLsn === null) continue;
+      // An empty log needs everything: 1, since 0 on the wire means "unknown".
+      const flush = peer.lastHeardFlushLsn === 0n ? 1n : peer.lastHeardFlushLsn;
+      if (horizon === null || flush < horizon) horizon = flush;
+    }
+    return horizon ?? 0n;
+  }
+
   /** Whether `begin` was called. */
   get begun(): boolean {
     return this.buffer !== null;
@@ -377,6 +397,7 @@ export class WalProposer {
     // A vote again (the same term and proposer may reconnect) tells where its log is now.
     const vote = await peer.client.vote({ timelineId, term, proposerId }, { signal, deadline: new Date(Date.now() + VOTE_DEADLINE_MS) });
     const voter = toVoter(peer.address, vote.status);
+    peer.lastHeardFlushLsn = voter.flushLsn;
     const startAt = agreementPoint(this.history, maxLsn(this.termStart, buffer.endLsn), voter.history, voter.flushLsn);
 
     const session = new AbortController();
@@ -406,6 +427,7 @@ export class WalProposer {
           const next = await responses.next();
           if (next.done) throw new Error(`safekeeper ${peer.address} ended the Append stream`);
           peer.flushLsn = maxLsn(peer.flushLsn ?? 0n, next.value.flushLsn);
+          peer.lastHeardFlushLsn = peer.flushLsn;
           peer.knownCommitLsn = maxLsn(peer.knownCommitLsn, next.value.commitLsn);
           this.acknowledged(peer);
         }
@@ -447,7 +469,7 @@ export class WalProposer {
         // The commit LSN rides on WAL messages; alone it goes at most every COMMIT_ONLY_INTERVAL_MS (an extra
         // message per commit to every safekeeper would double the traffic under load).
         if (data.length > 0 || (this.commit > sentCommit && sinceLast >= COMMIT_ONLY_INTERVAL_MS) || sinceLast >= HEARTBEAT_MS) {
-          requests.push({ wal: { beginLsn: next, walData: data, commitLsn: this.commit } });
+          requests.push({ wal: { beginLsn: next, walData: data, commitLsn: this.commit, peerHorizonLsn: this.peerHorizon() } });
           next += BigInt(data.length);
           if (data.length > 0) unacknowledgedEnds.push(next);
           sentCommit = this.commit;
@@ -525,7 +547,8 @@ export class WalProposer {
     const buffer = this.buffer as WalBuffer;
     let lowest = buffer.endLsn;
     for (const peer of this.peers) lowest = minLsn(lowest, peer.flushLsn ?? buffer.startLsn);
-    if (this.commit - lowest > BigInt(BUFFER_KEEP_BYTES)) lowest = this.commit - BigInt(BUFFER_KEEP_BYTES);
+    const keep = BigInt(this.options.bufferKeepBytes ?? BUFFER_KEEP_BYTES);
+    if (this.commit - lowest > keep) lowest = this.commit - keep;
     if (lowest > buffer.startLsn) buffer.trimBelow(minLsn(lowest, this.commit));
   }
 }

@@ -18,6 +18,7 @@ import { failedPrecondition, notFound, ServerError, Status } from '../lib/grpc/e
 import { BLOCKS_PER_SEGMENT, PAGE_SIZE, relationPath, type SnapshotIndex, type SnapshotRelation } from './layout.js';
 import type { Pageserver } from './pageserver.js';
 import { Timeline } from './timeline.js';
+import { relationOf } from './snapshots.js';
 import { MAXALIGN } from '../lib/pg/wal-decoder.js';
 
 const materializeSeconds = histogram('spg99_pageserver_materialize_seconds', 'Time to materialize a data directory image at an LSN');
@@ -69,7 +70,7 @@ export class PageReader {
     const { path: file, blockInFile } = relationPath(rel.spcOid, rel.dbOid, rel.relNumber, rel.forkNumber, block);
     const snapshot = this.snapshotAt(timeline, lsn);
     const touched = await this.touchedSince(timeline, snapshot, lsn);
-    const relation = snapshot.relations.find((candidate) => candidate.path === file);
+    const relation = relationOf(snapshot, file);
     if (!touched.fileOperations && !touched.blocks.get(file)?.has(blockInFile) && relation && blockInFile < relation.blocks) {
       if (snapshot.exact || !this.stored(relation).has(blockInFile)) {
         const [source] = this.pageserver.reader.resolveRelation(snapshot, file).slice(blockInFile, blockInFile + 1);
@@ -108,7 +109,7 @@ export class PageReader {
     };
     const anyTouched = [...touched.blocks.keys()].some((file) => file === base || file.startsWith(`${base}.`));
     if (!touched.fileOperations && !anyTouched) {
-      return segments((file) => snapshot.relations.find((candidate) => candidate.path === file)?.blocks);
+      return segments((file) => relationOf(snapshot, file)?.blocks);
     }
     const image = await this.image(timeline, touched.boundary, signal);
     return segments((file) => {

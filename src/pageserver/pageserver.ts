@@ -315,6 +315,7 @@ export class Pageserver {
       for (const snapshot of timeline.snapshots) this.reader.evict(snapshot);
       this.pages.forget(timelineId);
       timeline.archive.close();
+      timeline.closeChannels();
       fs.rmSync(this.timelineDir(timelineId), { recursive: true, force: true });
       this.timelines.delete(timelineId);
     });

@@ -264,6 +264,18 @@ export function parseSnapshotIndex(key: string, body: Buffer): SnapshotIndex {
   return index;
 }
 
+const relationMaps = new WeakMap<SnapshotIndex, Map<string, SnapshotRelation>>();
+
+/** The relation file `relationPath` of a snapshot (indexed once per snapshot). */
+export function relationOf(snapshot: SnapshotIndex, relationPath: string): SnapshotRelation | undefined {
+  let map = relationMaps.get(snapshot);
+  if (!map) {
+    map = new Map(snapshot.relations.map((relation) => [relation.path, relation]));
+    relationMaps.set(snapshot, map);
+  }
+  return map.get(relationPath);
+}
+
 /** Where one block's image is. */
 export interface PageSource {
   snapshot: SnapshotIndex;
@@ -301,13 +313,13 @@ export class SnapshotReader {
     }
     const cached = perSnapshot.get(relationPath);
     if (cached) return cached;
-    const relation = snapshot.relations.find((candidate) => candidate.path === relationPath);
+    const relation = relationOf(snapshot, relationPath);
     if (!relation) throw new Error(`snapshot ${formatLsn(BigInt(snapshot.lsn))} of ${snapshot.timelineId} has no file ${relationPath}`);
     const sources: Array<PageSource | undefined> = new Array(relation.blocks);
     let missing = relation.blocks;
     let current: SnapshotIndex | undefined = snapshot;
     while (current && missing > 0) {
-      const stored = current.relations.find((candidate) => candidate.path === relationPath);
+      const stored = relationOf(current, relationPath);
       if (stored) {
         stored.stored.forEach((block, position) => {
           if (block < relation.blocks && sources[block] === undefined) {
@@ -340,9 +352,10 @@ export class SnapshotReader {
     const key = objectKey(snapshot, part);
     let download = this.downloads.get(key);
     if (!download) {
-      const file = path.join(this.cacheDir, key.replace(/\//g, '_'));
+      const inPlace = this.store.localPath?.(key);
+      const file = inPlace ?? path.join(this.cacheDir, key.replace(/\//g, '_'));
       download = (async () => {
-        if (!fs.existsSync(file)) {
+        if (!inPlace && !fs.existsSync(file)) {
           try {
             await this.store.getToFile(key, file);
           } catch (error) {
@@ -355,7 +368,7 @@ export class SnapshotReader {
         const expected = part === 'pages' ? snapshot.pageCount * PAGE_SIZE : snapshot.filesBytes;
         const size = fs.statSync(file).size;
         if (size !== expected) {
-          fs.rmSync(file, { force: true });
+          if (!inPlace) fs.rmSync(file, { force: true });
           throw new ServerError(
             Status.DATA_LOSS,
             `object ${key} in ${this.store.description} has ${size} bytes where its index says ${expected}: it is corrupt; restore it from a backup of the bucket`,
@@ -367,6 +380,12 @@ export class SnapshotReader {
       this.downloads.set(key, download);
     }
     return download;
+  }
+
+  /** Reads `count` page images stored one after another from `first` on. */
+  async readPages(first: PageSource, count: number, into: Buffer): Promise<void> {
+    const fd = await this.fd(first.snapshot, 'pages');
+    fs.readSync(fd, into, 0, count * PAGE_SIZE, first.page * PAGE_SIZE);
   }
 
   /** Reads one page image. */
@@ -456,12 +475,22 @@ export function dataDirEntries(reader: SnapshotReader, snapshot: SnapshotIndex, 
       size: relation.blocks * PAGE_SIZE,
       read: async function* () {
         const sources = reader.resolveRelation(snapshot, relation.path);
-        const batch = 64;
+        const batch = 128;
         for (let first = 0; first < sources.length; first += batch) {
           const count = Math.min(batch, sources.length - first);
           const chunk = Buffer.alloc(count * PAGE_SIZE);
-          for (let i = 0; i < count; i++) {
-            await reader.readPage(sources[first + i] as PageSource, chunk.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+          // Runs of pages stored one after another in the same object are read at once.
+          let i = 0;
+          while (i < count) {
+            const start = sources[first + i] as PageSource;
+            let run = 1;
+            while (i + run < count) {
+              const next = sources[first + i + run] as PageSource;
+              if (next.snapshot !== start.snapshot || next.page !== start.page + run) break;
+              run++;
+            }
+            await reader.readPages(start, run, chunk.subarray(i * PAGE_SIZE, (i + run) * PAGE_SIZE));
+            i += run;
           }
           yield chunk;
         }

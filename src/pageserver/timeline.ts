@@ -10,7 +10,8 @@ import { Notifier } from '../lib/async.js';
 import { notFound, ServerError, Status } from '../lib/grpc/errors.js';
 import { Backoff } from '../lib/retry.js';
 import { counter, gauge } from '../lib/metrics.js';
-import { createSpgClient, openChannel } from '../lib/grpc/client.js';
+import { createSpgClient, openChannel, type SpgClient } from '../lib/grpc/client.js';
+import type { Channel } from 'nice-grpc';
 import { MAXALIGN, WalDecoder, recordBoundary, type WalRecord } from '../lib/pg/wal-decoder.js';
 import { SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import type { ObjectStore } from './storage/object-store.js';
@@ -26,6 +27,9 @@ const durableGauge = gauge('spg99_pageserver_remote_consistent_lsn', 'WAL durabl
 /** Recent commits kept for branching at a time. */
 const MAX_COMMITS = 100_000;
 const PERSISTED_COMMITS = 2000;
+/** Another safekeeper this far ahead of the followed one makes ingest switch to it. */
+const SWITCH_LAG_BYTES = 1024n * 1024n;
+const SWITCH_CHECK_MS = 2000;
 
 /** Block references seen in WAL, per relation segment file: the latest LSN each block was touched at. */
 export class BlockRefTracker {
@@ -112,6 +116,8 @@ export class Timeline {
   private ingestController: AbortController | null = null;
   private ingestLoop: Promise<void> | null = null;
   private readonly log: Logger;
+  private readonly clients = new Map<string, SpgClient<typeof SafekeeperServiceDefinition>>();
+  private readonly channels: Channel[] = [];
 
   constructor(private readonly options: TimelineOptions) {
     this.meta = options.meta;
@@ -183,6 +189,13 @@ export class Timeline {
     await this.ingestLoop;
     await this.uploadNow().catch((error: unknown) => this.log.warn({ error: (error as Error).message }, 'final WAL upload failed'));
     this.archive.close();
+    this.closeChannels();
+  }
+
+  /** Closes the channels to safekeepers (a deleted or closed timeline). */
+  closeChannels(): void {
+    for (const channel of this.channels.splice(0)) channel.close();
+    this.clients.clear();
   }
 
   private stopIngest(): void {
@@ -291,11 +304,23 @@ export class Timeline {
     await uploader;
   }
 
-  /** Streams from the safekeeper with the highest commit LSN until it fails, falls silent or falls behind. */
-  private async followBest(signal: AbortSignal): Promise<void> {
-    const statuses = await Promise.all(
+  /** A client of a safekeeper, on one channel per address for the timeline's life. */
+  private safekeeper(address: string): SpgClient<typeof SafekeeperServiceDefinition> {
+    let client = this.clients.get(address);
+    if (!client) {
+      const channel = openChannel(address);
+      this.channels.push(channel);
+      client = createSpgClient(SafekeeperServiceDefinition, channel);
+      this.clients.set(address, client);
+    }
+    return client;
+  }
+
+  /** The commit LSN each WAL source reports (-1 when it does not answer). */
+  private async sourceCommitLsns(signal: AbortSignal): Promise<Array<{ address: string; commitLsn: Lsn }>> {
+    return Promise.all(
       this.state.walSources.map(async (address) => {
-        const client = createSpgClient(SafekeeperServiceDefinition, openChannel(address));
+        const client = this.safekeeper(address);
         try {
           const { status } = await client.getTimelineStatus({ timelineId: this.id }, { signal, deadline: new Date(Date.now() + 2000) });
           return { address, commitLsn: status?.commitLsn ?? 0n };
@@ -304,29 +329,56 @@ export class Timeline {
         }
       }),
     );
+  }
+
+  /**
+   * Streams from the safekeeper with the highest commit LSN until it fails, falls silent for 5 s, or another one
+   * is ahead of it by more than SWITCH_LAG_BYTES (a safekeeper outside the quorum can lag far behind while it
+   * still sends keepalives).
+   */
+  private async followBest(signal: AbortSignal): Promise<void> {
+    const statuses = await this.sourceCommitLsns(signal);
     const best = statuses.filter((candidate) => candidate.commitLsn >= 0n).sort((a, b) => (a.commitLsn > b.commitLsn ? -1 : 1))[0];
     if (!best) throw new Error(`no safekeeper of ${this.state.walSources.join(', ')} answers for timeline ${this.id}`);
     const stream = new AbortController();
     const onAbort = () => stream.abort();
     signal.addEventListener('abort', onAbort);
     let lastMessage = Date.now();
+    let sourceCommit = best.commitLsn;
+    let reason = '';
     const watchdog = setInterval(() => {
-      if (Date.now() - lastMessage > 5000) stream.abort();
+      if (Date.now() - lastMessage > 5000) {
+        reason = `safekeeper ${best.address} was silent for 5 s`;
+        stream.abort();
+      }
     }, 1000);
+    const comparer = setInterval(() => {
+      void this.sourceCommitLsns(stream.signal)
+        .then((others) => {
+          const ahead = others.find((other) => other.address !== best.address && other.commitLsn > sourceCommit + SWITCH_LAG_BYTES);
+          if (ahead && !stream.signal.aborted) {
+            reason = `safekeeper ${ahead.address} is ${ahead.commitLsn - sourceCommit} bytes ahead of ${best.address}: switching`;
+            stream.abort();
+          }
+        })
+        .catch(() => undefined);
+    }, SWITCH_CHECK_MS);
     this.walSourceAddress = best.address;
     try {
-      const client = createSpgClient(SafekeeperServiceDefinition, openChannel(best.address));
+      const client = this.safekeeper(best.address);
       const responses = client.streamWal({ timelineId: this.id, startLsn: this.decoder.feedLsn, endLsn: 0n, includeUncommitted: false }, { signal: stream.signal });
       for await (const response of responses) {
         lastMessage = Date.now();
+        sourceCommit = response.commitLsn;
         if (response.walData.length > 0) this.ingest(response.beginLsn, response.walData);
       }
       throw new Error(`safekeeper ${best.address} ended the WAL stream`);
     } catch (error) {
-      if (stream.signal.aborted && !signal.aborted) throw new Error(`safekeeper ${best.address} was silent for 5 s`);
+      if (stream.signal.aborted && !signal.aborted) throw new Error(reason || `the stream from ${best.address} was cut`);
       throw error;
     } finally {
       clearInterval(watchdog);
+      clearInterval(comparer);
       signal.removeEventListener('abort', onAbort);
     }
   }
@@ -334,7 +386,7 @@ export class Timeline {
   private async reportProgress(): Promise<void> {
     await Promise.all(
       this.state.walSources.map(async (address) => {
-        const client = createSpgClient(SafekeeperServiceDefinition, openChannel(address));
+        const client = this.safekeeper(address);
         try {
           await client.reportConsumerProgress(
             { timelineId: this.id, consumerId: this.options.consumerId, ingestedLsn: this.lastRecordLsn, durableLsn: this.durableLsn },

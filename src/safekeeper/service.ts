@@ -97,6 +97,7 @@ export function safekeeperService(safekeeper: Safekeeper): SafekeeperServiceImpl
             appendedBytes.inc(wal.walData.length);
             const commitLsn = wal.commitLsn;
             timeline.learnCommit(commitLsn);
+            timeline.learnPeerHorizon(wal.peerHorizonLsn);
             timeline
               .waitFlushed()
               .then(() => {

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { aborted, failedPrecondition, unavailable } from '../lib/grpc/errors.js';
-import { type Lsn, formatLsn, minLsn } from '../lib/lsn.js';
+import { type Lsn, formatLsn, minLsn, segmentNumber } from '../lib/lsn.js';
 import { historyProblem, lastLogTerm, type TermSwitch } from '../lib/consensus/term-history.js';
 import { Notifier } from '../lib/async.js';
 import { type ControlState, emptyControlState, readControlState, writeControlState } from './control-file.js';
@@ -43,6 +43,8 @@ export class Timeline {
   private commitPersisted: Lsn;
   private readonly sessions = new Set<AppendSession>();
   private deleted = false;
+  /** The proposer's last peer horizon (0: unknown, held in memory only). */
+  private peerHorizonLsn: Lsn = 0n;
 
   private constructor(
     readonly directory: string,
@@ -230,9 +232,26 @@ export class Timeline {
       this.state.consumerDurableLsn = minLsn(durableLsn, this.state.commitLsn);
       writeControlState(this.directory, this.state);
       this.commitPersisted = this.state.commitLsn;
-      this.wal.removeBelow(this.state.consumerDurableLsn);
+      this.removeUnneeded();
     }
     return this.snapshot();
+  }
+
+  /**
+   * Learns the proposer's peer horizon (the lowest log end among the safekeepers): WAL above it stays, a lagging
+   * peer catches up from it. Removes what is no longer held back when it moves past a segment.
+   */
+  learnPeerHorizon(horizon: Lsn): void {
+    if (horizon === this.peerHorizonLsn) return;
+    const crossed = segmentNumber(horizon) !== segmentNumber(this.peerHorizonLsn);
+    this.peerHorizonLsn = horizon;
+    if (crossed && horizon > this.wal.startLsn) this.removeUnneeded();
+  }
+
+  /** WAL below what the consumer made durable, and below what every peer holds, is removed. */
+  private removeUnneeded(): void {
+    const keepFrom = this.peerHorizonLsn === 0n ? this.state.consumerDurableLsn : minLsn(this.state.consumerDurableLsn, this.peerHorizonLsn);
+    if (keepFrom > this.wal.startLsn) this.wal.removeBelow(keepFrom);
   }
 
   /** The term of the last WAL held. */

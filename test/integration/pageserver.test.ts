@@ -244,6 +244,33 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
     expect(thinBytes < (await basebackupAt(timelineId, lsn2)).tarBytes).to.equal(true);
   });
 
+  it('lets a safekeeper that was down catch up after the pageserver made the WAL it missed durable', async () => {
+    const timelineId = await newTimeline();
+    // A small WAL buffer in the walproposer: the laggard must catch up from its peers' disks.
+    const compute = await ComputeNode.start(harness(), {
+      timelineId, term: 1, safekeepers, pageserver: pageserver.address, env: { SPG99_WAL_BUFFER_MB: '4' },
+    });
+    const client = await connect(compute);
+    const [laggard] = safekeepers as [SafekeeperNode];
+    await laggard.kill9();
+    // More than two segments of WAL while it is down, all of it durable in object storage.
+    await client.query(`CREATE TABLE filler AS SELECT g AS id, repeat('y', 150) AS payload FROM generate_series(1, 250000) g`);
+    const end = await flushLsn(client);
+    await waitFor(async () => {
+      const { timeline } = await pageserver.timelines.describeTimeline({ timelineId });
+      return (timeline?.remoteConsistentLsn ?? 0n) >= end;
+    }, { what: `WAL up to ${formatLsn(end)} durable in object storage`, timeoutMs: 60_000 });
+    const [, other] = safekeepers as [SafekeeperNode, SafekeeperNode];
+    // The others were told it lags, so they kept what it needs.
+    const status = await other.status(timelineId);
+    expect(status.consumerDurableLsn >= end - 1n, 'the pageserver reported its progress').to.equal(true);
+    await laggard.restart();
+    await waitFor(async () => (await laggard.status(timelineId)).flushLsn >= end, {
+      what: `the restarted safekeeper caught up to ${formatLsn(end)}`,
+      timeoutMs: 60_000,
+    });
+  });
+
   it('keeps ingesting when the safekeeper it follows dies', async () => {
     const timelineId = await newTimeline();
     const compute = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });

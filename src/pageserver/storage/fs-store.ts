@@ -240,6 +240,11 @@ export class FsObjectStore implements ObjectStore {
   }
 
   /** The file of `key`, after checking the key. */
+  localPath(key: string): string | undefined {
+    const file = this.pathOf(key);
+    return fs.existsSync(file) ? file : undefined;
+  }
+
   private pathOf(key: string): string {
     validateKey(key, this.description);
     if (key.includes(TEMP_MARKER)) {

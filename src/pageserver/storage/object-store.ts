@@ -35,6 +35,11 @@ export interface ObjectStore {
   /** Deletes every key given; keys already absent are no error. */
   deleteMany(keys: string[]): Promise<void>;
   /** Releases connections; the store is not used afterwards. */
+  /**
+   * A local file that holds the object, when the store keeps objects as local files (the filesystem backend):
+   * readers of immutable objects then read it in place instead of keeping a copy. Undefined otherwise.
+   */
+  localPath?(key: string): string | undefined;
   close(): Promise<void>;
 }
 

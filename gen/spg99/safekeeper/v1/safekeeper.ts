@@ -108,6 +108,11 @@ export interface AppendWal {
   walData: Buffer;
   /** The proposer's commit LSN (quorum-flushed). */
   commitLsn: bigint;
+  /**
+   * The lowest flush LSN the proposer knows among its safekeepers (0: unknown). A safekeeper keeps WAL at or above
+   * it even when a consumer has made it durable, so that a lagging peer can still catch up from it.
+   */
+  peerHorizonLsn: bigint;
 }
 
 export interface AppendResponse {
@@ -1515,7 +1520,7 @@ export const AppendStart: MessageFns<AppendStart> = {
 };
 
 function createBaseAppendWal(): AppendWal {
-  return { beginLsn: 0n, walData: Buffer.alloc(0), commitLsn: 0n };
+  return { beginLsn: 0n, walData: Buffer.alloc(0), commitLsn: 0n, peerHorizonLsn: 0n };
 }
 
 export const AppendWal: MessageFns<AppendWal> = {
@@ -1534,6 +1539,12 @@ export const AppendWal: MessageFns<AppendWal> = {
         throw new globalThis.Error("value provided for field message.commitLsn of type uint64 too large");
       }
       writer.uint32(24).uint64(message.commitLsn);
+    }
+    if (message.peerHorizonLsn !== 0n) {
+      if (BigInt.asUintN(64, message.peerHorizonLsn) !== message.peerHorizonLsn) {
+        throw new globalThis.Error("value provided for field message.peerHorizonLsn of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.peerHorizonLsn);
     }
     return writer;
   },
@@ -1575,6 +1586,14 @@ export const AppendWal: MessageFns<AppendWal> = {
             message.commitLsn = reader.uint64() as bigint;
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.peerHorizonLsn = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1604,6 +1623,11 @@ export const AppendWal: MessageFns<AppendWal> = {
         : isSet(object.commit_lsn)
         ? BigInt(object.commit_lsn)
         : 0n,
+      peerHorizonLsn: isSet(object.peerHorizonLsn)
+        ? BigInt(object.peerHorizonLsn)
+        : isSet(object.peer_horizon_lsn)
+        ? BigInt(object.peer_horizon_lsn)
+        : 0n,
     };
   },
 
@@ -1618,6 +1642,9 @@ export const AppendWal: MessageFns<AppendWal> = {
     if (message.commitLsn !== 0n) {
       obj.commitLsn = message.commitLsn.toString();
     }
+    if (message.peerHorizonLsn !== 0n) {
+      obj.peerHorizonLsn = message.peerHorizonLsn.toString();
+    }
     return obj;
   },
 
@@ -1629,6 +1656,9 @@ export const AppendWal: MessageFns<AppendWal> = {
     message.beginLsn = (object.beginLsn !== undefined && object.beginLsn !== null) ? BigInt(object.beginLsn) : 0n;
     message.walData = object.walData ?? Buffer.alloc(0);
     message.commitLsn = (object.commitLsn !== undefined && object.commitLsn !== null) ? BigInt(object.commitLsn) : 0n;
+    message.peerHorizonLsn = (object.peerHorizonLsn !== undefined && object.peerHorizonLsn !== null)
+      ? BigInt(object.peerHorizonLsn)
+      : 0n;
     return message;
   },
 };
