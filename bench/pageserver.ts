@@ -30,6 +30,8 @@ import { ComputeNode } from '../test/harness/computes.js';
 import { PageserverNode } from '../test/harness/pageserver.js';
 import { createSpgClient, openChannel, type SpgClient } from '../src/lib/grpc/client.js';
 import { AsyncQueue } from '../src/lib/async.js';
+import type { Channel } from 'nice-grpc';
+import { HealthDefinition } from 'nice-grpc-server-health';
 import { formatLsn, parseLsn, type Lsn } from '../src/lib/lsn.js';
 import {
   BasebackupMode,
@@ -449,6 +451,8 @@ try {
     );
     const page = Buffer.alloc(PAGE_SIZE);
     const pread = new ReadFigures('pread (local file, baseline)');
+    const emptyCall = new ReadFigures('gRPC Health/Check (empty call)');
+    const healthClient = createSpgClient(HealthDefinition, channels[0] as Channel);
     const sequential = new ReadFigures('GetPage, 1 client, sequential');
     const concurrent = new ReadFigures(`GetPage, ${concurrency} clients`);
     const stream = new ReadFigures(`GetPages stream, ${concurrency} in flight`);
@@ -460,6 +464,7 @@ try {
             if (fs.readSync(copy, page, 0, PAGE_SIZE, block * PAGE_SIZE) !== PAGE_SIZE) throw new Error(`short pread of block ${block}`);
           }, order),
       },
+      { figures: emptyCall, read: (order) => readSequentially(async () => void (await healthClient.check({ service: '' }, deadline())), order) },
       { figures: sequential, read: (order) => readSequentially((block) => getPage(sequentialClient, target, block), order) },
       { figures: concurrent, read: (order) => readConcurrently(pageClients, target, order) },
       { figures: stream, read: (order) => readStream(sequentialClient, target, order, concurrency) },
@@ -473,7 +478,7 @@ try {
     console.log('');
     console.log('GetPage@LSN, random 8 KiB blocks of pgbench_accounts (medians of rounds)');
     console.log(`  ${'mode'.padEnd(36)} ${'p50 ms'.padStart(8)} ${'p99 ms'.padStart(8)} ${'pages/s'.padStart(9)} ${'reads'.padStart(7)}`);
-    for (const figures of [pread, sequential, concurrent, stream]) {
+    for (const figures of [pread, emptyCall, sequential, concurrent, stream]) {
       console.log(
         `  ${figures.name.padEnd(36)} ${fixed(figures.latency(0.5), 3).padStart(8)} ${fixed(figures.latency(0.99), 3).padStart(8)} ` +
           `${fixed(figures.pagesPerSecond, 0).padStart(9)} ${String(figures.reads).padStart(7)}`,
@@ -481,7 +486,7 @@ try {
     }
     const p50 = sequential.latency(0.5);
     console.log(
-      `  ratio GetPage/pread p50 latency: ${fixed(p50 / pread.latency(0.5), 0)}x; ` +
+      `  ratio GetPage/pread p50 latency: ${fixed(p50 / pread.latency(0.5), 0)}x; GetPage/empty call: ${fixed(p50 / emptyCall.latency(0.5), 2)}x; ` +
         `GetPage p50 ${fixed(p50, 3)} ms (target ≤ 1 ms on loopback: ${p50 <= 1 ? 'met' : 'MISSED'}); ` +
         `first read ${fixed(firstReadMs, 1)} ms`,
     );
