@@ -28,7 +28,7 @@ const durableGauge = gauge('spg99_pageserver_remote_consistent_lsn', 'WAL durabl
 const MAX_COMMITS = 100_000;
 const PERSISTED_COMMITS = 2000;
 /** Another safekeeper this far ahead of the followed one makes ingest switch to it. */
-const SWITCH_LAG_BYTES = 1024n * 1024n;
+const SWITCH_LAG_BYTES = 8n * 1024n * 1024n;
 const SWITCH_CHECK_MS = 2000;
 
 /** Block references seen in WAL, per relation segment file: the latest LSN each block was touched at. */

@@ -10,7 +10,9 @@ import { expect } from 'chai';
 import type pg from 'pg';
 import type { AddressInfo } from 'node:net';
 import S3rver from 's3rver';
-import { TempDir, useHarness, waitFor } from '../harness/process.js';
+import { TempDir, useHarness, waitFor, grpcHealthStatus, HealthCheckResponse_ServingStatus } from '../harness/process.js';
+import { reflectedServices } from '../harness/reflection.js';
+import { openChannel } from '../../src/lib/grpc/client.js';
 import { createTimeline, newTimelineId, startSafekeepers, type SafekeeperNode } from '../harness/safekeepers.js';
 import { ComputeNode } from '../harness/computes.js';
 import { PageserverNode } from '../harness/pageserver.js';
@@ -376,6 +378,33 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
     const error = await basebackupAt(timelineId, 0n).catch((caught: unknown) => caught);
     expect((error as ClientError).code).to.equal(Status.DATA_LOSS);
     expect((error as ClientError).details).to.contain(pagesObject).and.to.contain('corrupt');
+  });
+
+  it('answers health, lists its services through reflection, and deletes timelines (not while branched)', async () => {
+    const channel = openChannel(pageserver.address);
+    try {
+      expect(await grpcHealthStatus(channel)).to.equal(HealthCheckResponse_ServingStatus.SERVING);
+    } finally {
+      channel.close();
+    }
+    expect(await reflectedServices(pageserver.address)).to.include.members([
+      'spg99.pageserver.v1.TimelineService',
+      'spg99.pageserver.v1.PageService',
+      'grpc.health.v1.Health',
+    ]);
+    const timelineId = await newTimeline();
+    const child = await newBranch(timelineId, {});
+    const refused = await pageserver.timelines.deleteTimeline({ timelineId }).catch((caught: unknown) => caught);
+    expect((refused as ClientError).code).to.equal(Status.FAILED_PRECONDITION);
+    expect((refused as ClientError).details).to.contain(child.timelineId);
+    await pageserver.timelines.deleteTimeline({ timelineId: child.timelineId });
+    await pageserver.timelines.deleteTimeline({ timelineId });
+    const gone = await pageserver.timelines.describeTimeline({ timelineId }).catch((caught: unknown) => caught);
+    expect((gone as ClientError).code).to.equal(Status.NOT_FOUND);
+    const left = path.join(objectsDir(), 'timelines', timelineId);
+    expect(fs.existsSync(left) ? directoryBytes(left) : 0, 'bytes left in object storage').to.equal(0);
+    const { timelines } = await pageserver.timelines.listTimelines({ tenantId: 'tn-test' });
+    expect(timelines.map((timeline) => timeline.timelineId)).to.not.include(timelineId);
   });
 
   it('answers NOT_FOUND for an unknown timeline and INVALID_ARGUMENT for a malformed one', async () => {
