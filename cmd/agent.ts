@@ -21,6 +21,7 @@ const spec = {
   pgDataDir: { kind: 'string', description: 'the Postgres data directory (initdb runs when it is empty)' },
   pgPort: { kind: 'integer', description: 'the port Postgres listens on, on 127.0.0.1 (0 picks a free one)', default: 0, min: 0, max: 65535 },
   createTimeline: { kind: 'boolean', description: 'create the timeline on safekeepers that lack it', default: false },
+  appendSocket: { kind: 'boolean', description: 'stream WAL over the safekeepers\' framed Append transport when they offer it (else gRPC)', default: true },
   walBufferMb: { kind: 'integer', description: 'WAL kept in memory for lagging safekeepers, in MiB (older WAL comes from their peers)', default: 64, min: 1 },
   pageserver: { kind: 'string', description: 'host:port of the pageserver: with an empty data directory, start from its basebackup', default: '' },
   listen: { kind: 'string', description: 'gRPC address of the ComputeService (host:port; port 0 picks one)', default: '127.0.0.1:0' },
@@ -48,6 +49,7 @@ await runComponent('agent', spec, async (config) => {
     createTimeline: config.createTimeline,
     pageserver: config.pageserver || undefined,
     walBufferBytes: config.walBufferMb * 1024 * 1024,
+    useAppendSocket: config.appendSocket,
     log,
     traceId,
   });

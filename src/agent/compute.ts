@@ -37,6 +37,8 @@ export interface ComputeOptions {
   pgPort: number;
   /** Create the timeline on safekeepers that lack it (local clusters; the control plane does it otherwise). */
   createTimeline: boolean;
+  /** Whether the walproposer uses the safekeepers' framed Append transport when offered. */
+  useAppendSocket?: boolean;
   /** WAL the walproposer keeps in memory for lagging safekeepers, in bytes. */
   walBufferBytes?: number;
   /** The pageserver holding the timeline's history: a compute without a data directory starts from its basebackup. */
@@ -79,6 +81,7 @@ export class Compute {
       proposerId: options.computeId,
       safekeepers: options.safekeepers,
       bufferKeepBytes: options.walBufferBytes,
+      useAppendSocket: options.useAppendSocket,
       log: options.log.child({ part: 'walproposer' }),
       traceId: options.traceId,
     });

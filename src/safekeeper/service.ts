@@ -24,8 +24,16 @@ function walRemoved(position: Lsn, oldestLsn: Lsn): Error {
   );
 }
 
+/** Where the framed Append transport listens (set once it does; empty: none). */
+export interface AppendSocketInfo {
+  address: string;
+}
+
 /** Builds the service over a safekeeper's timelines. */
-export function safekeeperService(safekeeper: Safekeeper): SafekeeperServiceImplementation<ServerContextExtension> {
+export function safekeeperService(
+  safekeeper: Safekeeper,
+  appendSocket: AppendSocketInfo = { address: '' },
+): SafekeeperServiceImplementation<ServerContextExtension> {
   return {
     async createTimeline(request, context) {
       const timelineId = parseTimelineId(request.timelineId);
@@ -52,7 +60,7 @@ export function safekeeperService(safekeeper: Safekeeper): SafekeeperServiceImpl
       const term = parseTerm(request.term);
       const snapshot = timeline.vote(term, parseProposerId(request.proposerId));
       context.log.info({ timelineId: timeline.timelineId, term, proposerId: request.proposerId }, 'vote given');
-      return { status: toTimelineStatus(snapshot) };
+      return { status: toTimelineStatus(snapshot), appendSocketAddress: appendSocket.address };
     },
 
     async *append(requests: AsyncIterable<AppendRequest>, context: ServerContext) {

@@ -80,7 +80,15 @@ export interface VoteRequest {
 
 export interface VoteResponse {
   /** The timeline's state after the promise: promised_term equals the requested term. */
-  status?: TimelineStatus | undefined;
+  status?:
+    | TimelineStatus
+    | undefined;
+  /**
+   * host:port of this safekeeper's framed Append transport: the same AppendRequest/AppendResponse messages as the
+   * Append stream, each prefixed by its length, over plain TCP (cheaper per message than gRPC; see
+   * docs/rfcs/2026-11-26-append-socket.md). Empty when it has none: use Append.
+   */
+  appendSocketAddress: string;
 }
 
 export interface AppendRequest {
@@ -1184,13 +1192,16 @@ export const VoteRequest: MessageFns<VoteRequest> = {
 };
 
 function createBaseVoteResponse(): VoteResponse {
-  return { status: undefined };
+  return { status: undefined, appendSocketAddress: "" };
 }
 
 export const VoteResponse: MessageFns<VoteResponse> = {
   encode(message: VoteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.status !== undefined) {
       TimelineStatus.encode(message.status, writer.uint32(10).fork()).join();
+    }
+    if (message.appendSocketAddress !== "") {
+      writer.uint32(18).string(message.appendSocketAddress);
     }
     return writer;
   },
@@ -1216,6 +1227,14 @@ export const VoteResponse: MessageFns<VoteResponse> = {
             message.status = TimelineStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.appendSocketAddress = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1229,13 +1248,23 @@ export const VoteResponse: MessageFns<VoteResponse> = {
   },
 
   fromJSON(object: any): VoteResponse {
-    return { status: isSet(object.status) ? TimelineStatus.fromJSON(object.status) : undefined };
+    return {
+      status: isSet(object.status) ? TimelineStatus.fromJSON(object.status) : undefined,
+      appendSocketAddress: isSet(object.appendSocketAddress)
+        ? globalThis.String(object.appendSocketAddress)
+        : isSet(object.append_socket_address)
+        ? globalThis.String(object.append_socket_address)
+        : "",
+    };
   },
 
   toJSON(message: VoteResponse): unknown {
     const obj: any = {};
     if (message.status !== undefined) {
       obj.status = TimelineStatus.toJSON(message.status);
+    }
+    if (message.appendSocketAddress !== "") {
+      obj.appendSocketAddress = message.appendSocketAddress;
     }
     return obj;
   },
@@ -1248,6 +1277,7 @@ export const VoteResponse: MessageFns<VoteResponse> = {
     message.status = (object.status !== undefined && object.status !== null)
       ? TimelineStatus.fromPartial(object.status)
       : undefined;
+    message.appendSocketAddress = object.appendSocketAddress ?? "";
     return message;
   },
 };
