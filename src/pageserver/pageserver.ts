@@ -99,6 +99,7 @@ export class Pageserver {
   private readonly locks = new Map<string, Promise<unknown>>();
   private policyTimer: NodeJS.Timeout | null = null;
   private gcTimer: NodeJS.Timeout | null = null;
+  private policyRunning = false;
   private closed = false;
 
   private constructor(private readonly options: PageserverOptions) {
@@ -366,7 +367,16 @@ export class Pageserver {
 
   /** Snapshots every timeline at its end of WAL and stops the replayers of idle ones. */
   private async runPolicy(): Promise<void> {
-    if (this.closed) return;
+    if (this.closed || this.policyRunning) return;
+    this.policyRunning = true;
+    try {
+      await this.runPolicyOnce();
+    } finally {
+      this.policyRunning = false;
+    }
+  }
+
+  private async runPolicyOnce(): Promise<void> {
     for (const timeline of this.timelines.values()) {
       if (timeline.deleted || this.locks.has(timeline.id)) continue;
       const latest = this.viewSnapshots(timeline).at(-1);
