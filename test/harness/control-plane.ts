@@ -1,0 +1,103 @@
+/**
+ * The control plane under test: started through the harness on a free port against a Redis of the test, with an
+ * operator token in a harness directory; restartable on the same port. Clients carry an API key (or the operator
+ * token) as `authorization: Bearer <secret>`.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createClient, Metadata, type Channel, type Client } from 'nice-grpc';
+import { ControlPlaneInternalServiceDefinition, ControlPlaneServiceDefinition } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import { openChannel } from '../../src/lib/grpc/client.js';
+import { freePort } from '../../src/lib/net.js';
+import type { ComponentProcess, Harness, LogLine } from './process.js';
+
+export interface ControlPlaneOptions {
+  redisUrl: string;
+  /** host:port of a pageserver; none by default. */
+  pageserver?: string;
+  /** Extra flags. */
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+const READY_MESSAGE = 'control plane ready';
+
+export type ControlPlaneClient = Client<typeof ControlPlaneServiceDefinition>;
+
+/** A control-plane process under test. */
+export class ControlPlaneNode {
+  /** The token CreateTenant takes. */
+  readonly operatorToken: string;
+  private readonly channel: Channel;
+  private starts = 1;
+
+  private constructor(
+    private readonly harness: Harness,
+    private readonly args: string[],
+    readonly port: number,
+    operatorToken: string,
+    private readonly options: ControlPlaneOptions,
+    public process: ComponentProcess,
+    public readyLine: LogLine,
+  ) {
+    this.operatorToken = operatorToken;
+    this.channel = openChannel(this.address);
+    harness.defer(() => this.channel.close());
+  }
+
+  static async start(harness: Harness, options: ControlPlaneOptions): Promise<ControlPlaneNode> {
+    const directory = harness.tempDir('control-plane').path;
+    const operatorToken = randomBytes(32).toString('hex');
+    const tokenFile = path.join(directory, 'operator-token');
+    fs.writeFileSync(tokenFile, `${operatorToken}\n`, { mode: 0o600 });
+    const port = await freePort();
+    const args = [
+      '--listen', `127.0.0.1:${port}`,
+      '--metrics-listen', '127.0.0.1:0',
+      '--redis-url', options.redisUrl,
+      '--operator-token-file', tokenFile,
+      ...(options.pageserver ? ['--pageserver', options.pageserver] : []),
+      ...(options.args ?? []),
+    ];
+    const child = harness.spawn('control-plane', args, { label: 'control-plane', env: options.env });
+    const ready = await child.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"`, timeoutMs: 30_000 });
+    return new ControlPlaneNode(harness, args, port, operatorToken, options, child, ready);
+  }
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  /** A ControlPlaneService client whose calls carry `secret` (none: no authorization metadata). */
+  client(secret?: string): ControlPlaneClient {
+    const defaults = secret === undefined ? {} : { '*': { metadata: Metadata({ authorization: `Bearer ${secret}` }) } };
+    return createClient(ControlPlaneServiceDefinition, this.channel, defaults);
+  }
+
+  /** A ControlPlaneService client that sends `header` as its authorization metadata verbatim. */
+  clientWithHeader(header: string): ControlPlaneClient {
+    return createClient(ControlPlaneServiceDefinition, this.channel, { '*': { metadata: Metadata({ authorization: header }) } });
+  }
+
+  /** A client of the internal service. */
+  internal(): Client<typeof ControlPlaneInternalServiceDefinition> {
+    return createClient(ControlPlaneInternalServiceDefinition, this.channel);
+  }
+
+  /** An operator's client: CreateTenant. */
+  operator(): ControlPlaneClient {
+    return this.client(this.operatorToken);
+  }
+
+  /** Stops it (SIGTERM, or SIGKILL with `crash`) and starts it again with the same flags. */
+  async restart(options: { crash?: boolean } = {}): Promise<void> {
+    if (!this.process.exited) {
+      if (options.crash) await this.process.kill9();
+      else await this.process.stop();
+    }
+    this.starts += 1;
+    this.process = this.harness.spawn('control-plane', this.args, { label: `control-plane#${this.starts}`, env: this.options.env });
+    this.readyLine = await this.process.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"`, timeoutMs: 30_000 });
+  }
+}
