@@ -380,7 +380,11 @@ export class Pageserver {
     for (const timeline of this.timelines.values()) {
       if (timeline.deleted || this.locks.has(timeline.id)) continue;
       const latest = this.viewSnapshots(timeline).at(-1);
-      const covered = latest ? BigInt(latest.lsn) : 0n;
+      // A branch's history up to its branch point is its ancestor's: it needs a snapshot of its own only once it has
+      // WAL of its own (else every new branch would copy what changed since the ancestor's last snapshot).
+      const ownStart = timeline.meta.ancestorTimelineId ? timeline.startLsn : 0n;
+      const snapshotLsn = latest ? BigInt(latest.lsn) : 0n;
+      const covered = snapshotLsn > ownStart ? snapshotLsn : ownStart;
       const behind = timeline.lastRecordLsn - covered;
       const idle = Date.now() - timeline.lastWalAt >= this.options.idleMs;
       try {

@@ -1,0 +1,114 @@
+/**
+ * The driver interface: how the provisioner makes a compute run (local processes, Kubernetes pods) behind the
+ * Provisioner API. A driver owns its computes' lifecycle; the API layer only validates and translates.
+ */
+import { ComputeState } from '../../gen/spg99/provisioner/v1/provisioner.js';
+
+export { ComputeState };
+
+/** The resources of one compute. */
+export interface ComputeProfile {
+  cpuMillis: number;
+  memoryMib: number;
+}
+
+/** A role the agent is to create, with its SCRAM verifier. */
+export interface RoleVerifier {
+  roleName: string;
+  scramVerifier: string;
+}
+
+/** A validated compute spec (see `ComputeSpec` in provisioner.proto). */
+export interface ComputeSpec {
+  endpointId: string;
+  timelineId: string;
+  term: bigint;
+  profile: ComputeProfile;
+  safekeeperAddresses: string[];
+  pageserverAddress: string;
+  /** Empty when not given. */
+  controlPlaneAddress: string;
+  pgSettings: Record<string, string>;
+  roles: RoleVerifier[];
+}
+
+/** A compute as a driver sees it now. */
+export interface ComputeView {
+  computeId: string;
+  spec: ComputeSpec;
+  state: ComputeState;
+  reason: string;
+  /** host:port, empty until known. */
+  postgresAddress: string;
+  /** host:port, empty until known. */
+  agentAddress: string;
+  driver: string;
+  startedAt?: Date;
+  stateChangedAt: Date;
+  restartCount: number;
+}
+
+/** How to stop a compute. */
+export interface StopOptions {
+  /** Kill at once instead of a clean stop. */
+  kill: boolean;
+  /** A clean stop that takes longer than this is turned into a kill. */
+  graceMs: number;
+}
+
+/** The outcome of a stop. */
+export interface StopOutcome {
+  compute: ComputeView;
+  /** The writer's last LSN on a majority of safekeepers, after a clean stop; 0n when killed or unknown. */
+  finalLsn: bigint;
+}
+
+/** Runs computes. Errors are ServerErrors with the status the API answers (NOT_FOUND, FAILED_PRECONDITION, ...). */
+export interface ComputeDriver {
+  /** `process` or `kubernetes`. */
+  readonly name: string;
+  /**
+   * Makes sure the compute runs with `spec`, or is on its way, and answers its view. Idempotent for the same spec;
+   * FAILED_PRECONDITION for another spec under the same id; a STOPPED or FAILED compute is not restarted.
+   */
+  ensure(computeId: string, spec: ComputeSpec): Promise<ComputeView>;
+  /** Stops the compute and answers once it is STOPPED (or FAILED); NOT_FOUND for an unknown id. */
+  stop(computeId: string, options: StopOptions): Promise<StopOutcome>;
+  /** The compute now; NOT_FOUND for an unknown (or forgotten) id. */
+  describe(computeId: string): ComputeView;
+  /** Every compute this driver knows, optionally of one endpoint. */
+  list(endpointId?: string): ComputeView[];
+  /** Stops every compute cleanly (the provisioner is stopping). */
+  close(): Promise<void>;
+}
+
+/** Whether two specs are the same (an EnsureCompute retry) or not (a different compute under a reused id). */
+export function sameSpec(a: ComputeSpec, b: ComputeSpec): boolean {
+  const settings = (spec: ComputeSpec) => JSON.stringify(Object.entries(spec.pgSettings).sort(([x], [y]) => x.localeCompare(y)));
+  return (
+    a.endpointId === b.endpointId &&
+    a.timelineId === b.timelineId &&
+    a.term === b.term &&
+    a.profile.cpuMillis === b.profile.cpuMillis &&
+    a.profile.memoryMib === b.profile.memoryMib &&
+    a.safekeeperAddresses.join(',') === b.safekeeperAddresses.join(',') &&
+    a.pageserverAddress === b.pageserverAddress &&
+    a.controlPlaneAddress === b.controlPlaneAddress &&
+    settings(a) === settings(b) &&
+    JSON.stringify(a.roles) === JSON.stringify(b.roles)
+  );
+}
+
+/** The fields where `b` differs from `a`, for a FAILED_PRECONDITION message. */
+export function specDifferences(a: ComputeSpec, b: ComputeSpec): string[] {
+  const differences: string[] = [];
+  if (a.endpointId !== b.endpointId) differences.push('endpoint_id');
+  if (a.timelineId !== b.timelineId) differences.push('timeline_id');
+  if (a.term !== b.term) differences.push(`term (${a.term} → ${b.term})`);
+  if (a.profile.cpuMillis !== b.profile.cpuMillis || a.profile.memoryMib !== b.profile.memoryMib) differences.push('profile');
+  if (a.safekeeperAddresses.join(',') !== b.safekeeperAddresses.join(',')) differences.push('safekeeper_addresses');
+  if (a.pageserverAddress !== b.pageserverAddress) differences.push('pageserver_address');
+  if (a.controlPlaneAddress !== b.controlPlaneAddress) differences.push('control_plane_address');
+  if (differences.length === 0) differences.push('pg_settings or roles');
+  return differences;
+}
