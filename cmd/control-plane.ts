@@ -3,7 +3,7 @@
  * state of its own, so it can be restarted at any time.
  */
 import { buildServer } from '../src/lib/grpc/server.js';
-import { parseHostPort } from '../src/lib/config.js';
+import { ConfigError, parseHostPort } from '../src/lib/config.js';
 import { createLogger } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
@@ -17,6 +17,9 @@ import { controlPlaneInternalService } from '../src/control-plane/internal-servi
 import { WriterLeases } from '../src/control-plane/leases.js';
 import { ControlPlaneInternalServiceDefinition, ControlPlaneServiceDefinition } from '../gen/spg99/controlplane/v1/controlplane.js';
 import { TimelineServiceDefinition } from '../gen/spg99/pageserver/v1/pageserver.js';
+import { ProvisionerServiceDefinition } from '../gen/spg99/provisioner/v1/provisioner.js';
+import { SafekeeperServiceDefinition } from '../gen/spg99/safekeeper/v1/safekeeper.js';
+import { EndpointLifecycle } from '../src/control-plane/lifecycle.js';
 
 const spec = {
   listen: { kind: 'string', description: 'gRPC address to listen on (host:port; port 0 picks a free one)', default: '127.0.0.1:7700' },
@@ -29,6 +32,17 @@ const spec = {
     default: '',
   },
   safekeepers: { kind: 'list', description: 'host:port of the safekeepers timelines use (handed to writers with their lease)', default: [] as string[] },
+  provisioner: {
+    kind: 'string',
+    description: 'host:port of the provisioner that runs computes; empty: endpoints cannot be started (needs --pageserver and --safekeepers too)',
+    default: '',
+  },
+  startLeaseTtlS: {
+    kind: 'integer',
+    description: 'ttl of the writer lease granted with an endpoint start, in seconds (long: nothing renews it yet)',
+    default: 86_400,
+    min: 60,
+  },
   regions: { kind: 'list', description: 'regions projects may be created in, the default first', default: ['local'] as string[] },
   domain: { kind: 'string', description: 'DNS domain endpoints are reached under (ep-<id>.<domain>)', default: 'localhost' },
 } as const;
@@ -38,6 +52,12 @@ await runComponent('control-plane', spec, async (config) => {
   const metricsAddress = parseHostPort(config.metricsListen, '--metrics-listen');
   if (config.pageserver) parseHostPort(config.pageserver, '--pageserver');
   for (const address of config.safekeepers) parseHostPort(address, '--safekeepers');
+  if (config.provisioner) {
+    parseHostPort(config.provisioner, '--provisioner');
+    if (!config.pageserver || config.safekeepers.length === 0) {
+      throw new ConfigError('--provisioner needs --pageserver and --safekeepers: a started endpoint\'s compute uses them');
+    }
+  }
   const operatorToken = config.operatorTokenFile ? readOperatorToken(config.operatorTokenFile) : null;
   const log = createLogger('control-plane');
   const redis = await connectRedis(config.redisUrl, log);
@@ -45,25 +65,52 @@ await runComponent('control-plane', spec, async (config) => {
   const pageserverChannel = config.pageserver ? openChannel(config.pageserver) : null;
   const pageserver = pageserverChannel ? createSpgClient(TimelineServiceDefinition, pageserverChannel) : null;
 
+  const leases = new WriterLeases(redis);
+  const otherChannels: Array<{ close(): void }> = [];
+  let lifecycle: EndpointLifecycle | null = null;
+  if (config.provisioner && pageserver) {
+    const provisionerChannel = openChannel(config.provisioner);
+    otherChannels.push(provisionerChannel);
+    const safekeepers = config.safekeepers.map((address) => {
+      const channel = openChannel(address);
+      otherChannels.push(channel);
+      return { address, client: createSpgClient(SafekeeperServiceDefinition, channel) };
+    });
+    const leaseTtlMs = config.startLeaseTtlS * 1000;
+    lifecycle = new EndpointLifecycle({
+      catalog,
+      // Its own bounds: the lease of a start must outlast the compute, as nothing renews it yet.
+      leases: new WriterLeases(redis, { defaultTtlMs: leaseTtlMs, maxTtlMs: leaseTtlMs }),
+      provisioner: createSpgClient(ProvisionerServiceDefinition, provisionerChannel),
+      pageserver,
+      pageserverAddress: config.pageserver,
+      safekeepers,
+      controlPlaneAddress: '',
+      log,
+      leaseTtlMs,
+    });
+  }
   const { server, listen } = buildServer(log);
   server
     .with(catalogAvailabilityMiddleware)
     .with(authMiddleware({ catalog, operatorToken }))
-    .add(ControlPlaneServiceDefinition, controlPlaneService({ catalog, pageserver, regions: config.regions, domain: config.domain }));
-  const leases = new WriterLeases(redis);
+    .add(ControlPlaneServiceDefinition, controlPlaneService({ catalog, pageserver, regions: config.regions, domain: config.domain, lifecycle }));
   server
     .with(catalogAvailabilityMiddleware)
-    .add(ControlPlaneInternalServiceDefinition, controlPlaneInternalService({ catalog, leases, safekeepers: config.safekeepers, pageserver: config.pageserver }));
+    .add(ControlPlaneInternalServiceDefinition, controlPlaneInternalService({ catalog, leases, safekeepers: config.safekeepers, pageserver: config.pageserver, lifecycle }));
   const running = await listen(config.listen, ['spg99.controlplane.v1.ControlPlaneService', 'spg99.controlplane.v1.ControlPlaneInternalService']);
   const metrics = await serveMetrics(metricsAddress.host, metricsAddress.port);
   if (!operatorToken) log.warn('no --operator-token-file: CreateTenant is disabled');
   if (!pageserver) log.warn('no --pageserver: projects are recorded without a timeline');
+  if (!lifecycle) log.warn('no --provisioner: endpoints cannot be started');
   // Tests and `make up` read this line to learn the ports.
-  log.info({ grpcPort: running.port, metricsPort: metrics.port, pageserver: config.pageserver || null }, 'control plane ready');
+  log.info({ grpcPort: running.port, metricsPort: metrics.port, pageserver: config.pageserver || null, provisioner: config.provisioner || null }, 'control plane ready');
   return {
     log,
     stop: async () => {
       await running.stop();
+      // Starts and stops in progress are abandoned (their endpoints stay STARTING or SUSPENDING: no convergence yet).
+      for (const channel of otherChannels) channel.close();
       pageserverChannel?.close();
       await metrics.close();
       await redis.quit();

@@ -25,7 +25,8 @@
  * | `branch:<tl>`                      | hash   | branchId, projectId, name, parentBranchId, parentLsn, isDefault, createdAt |
  * | `branch:<tl>:roles`                | hash   | role name → role id                                              |
  * | `endpoint:<ep>`                    | hash   | endpointId, projectId, branchId, settings (JSON), state, stateReason, |
- * |                                    |        | stateChangedAt, currentComputeId, writerTerm, createdAt           |
+ * |                                    |        | stateChangedAt, currentComputeId, writerTerm, postgresAddress     |
+ * |                                    |        | (set while RUNNING), createdAt                                    |
  * | `role:<rl>`                        | hash   | roleId, branchId, name, scramVerifier, createdAt                 |
  *
  * Writer leases and terms live next to these, owned by leases.ts.
@@ -192,7 +193,44 @@ redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 return 1`,
   },
+  // KEYS: endpoint. ARGV: allowed states (comma-separated), expected currentComputeId ('' : any), fields JSON.
+  // Sets the fields when the endpoint is in an allowed state (and runs the expected compute). Answers
+  // {'ok', fields…}, {'refused', fields…} (the endpoint as it is) or {'missing'}.
+  spg99TransitionEndpoint: {
+    keys: 1,
+    lua: `${LUA_HELPERS}
+local fields = decode(ARGV[3])
+local current = redis.call('HMGET', KEYS[1], 'state', 'currentComputeId')
+if not current[1] then return {'missing'} end
+local allowed = false
+for state in string.gmatch(ARGV[1], '[^,]+') do
+  if state == current[1] then allowed = true end
+end
+if ARGV[2] ~= '' and current[2] ~= ARGV[2] then allowed = false end
+if not allowed then
+  local all = redis.call('HGETALL', KEYS[1])
+  table.insert(all, 1, 'refused')
+  return all
+end
+put(KEYS[1], fields)
+local all = redis.call('HGETALL', KEYS[1])
+table.insert(all, 1, 'ok')
+return all`,
+  },
 } as const;
+
+/** The fields of an endpoint a lifecycle transition sets. */
+export interface EndpointTransition {
+  state: EndpointStateName;
+  stateReason: string;
+  stateChangedAt: number;
+  currentComputeId?: string;
+  writerTerm?: bigint;
+  postgresAddress?: string;
+}
+
+/** What {@link Catalog.transitionEndpoint} answers: whether it applied, and the endpoint after it (or as it is). */
+export type TransitionOutcome = { applied: boolean; endpoint: EndpointRecord } | null;
 
 type ScriptName = keyof typeof SCRIPTS;
 type ScriptRunner = (...args: string[]) => Promise<unknown>;
@@ -377,6 +415,26 @@ export class Catalog {
     return fields ? decodeEndpoint(fields) : null;
   }
 
+  /**
+   * Moves an endpoint to a new state atomically, only from one of `from` (and, when `computeId` is given, only
+   * while that compute is its current one); null when the endpoint does not exist.
+   */
+  async transitionEndpoint(endpointId: string, from: EndpointStateName[], to: EndpointTransition, computeId = ''): Promise<TransitionOutcome> {
+    const fields: Record<string, string> = { state: to.state, stateReason: to.stateReason, stateChangedAt: String(to.stateChangedAt) };
+    if (to.currentComputeId !== undefined) fields.currentComputeId = to.currentComputeId;
+    if (to.writerTerm !== undefined) fields.writerTerm = to.writerTerm.toString();
+    if (to.postgresAddress !== undefined) fields.postgresAddress = to.postgresAddress;
+    const result = (await this.run('spg99TransitionEndpoint', [keys.endpoint(endpointId)], [from.join(','), computeId, JSON.stringify(fields)])) as string[];
+    if (result[0] === 'missing') return null;
+    return { applied: result[0] === 'ok', endpoint: decodeEndpoint(pairsToObject(result.slice(1))) };
+  }
+
+  /** The roles of a branch. */
+  async listRoles(branchId: string): Promise<RoleRecord[]> {
+    const roleIds = await this.redis.hvals(KEY_PREFIX + keys.branchRoles(branchId));
+    return (await this.hashes(roleIds.map(keys.role))).filter((fields) => fields !== null).map(decodeRole);
+  }
+
   /** The project's endpoints, oldest first. */
   async listEndpoints(projectId: string): Promise<EndpointRecord[]> {
     const endpointIds = await this.redis.smembers(KEY_PREFIX + keys.projectEndpoints(projectId));
@@ -518,6 +576,7 @@ function encodeEndpoint(record: EndpointRecord): Record<string, string> {
     stateChangedAt: String(record.stateChangedAt),
     currentComputeId: record.currentComputeId,
     writerTerm: record.writerTerm.toString(),
+    postgresAddress: record.postgresAddress ?? '',
     createdAt: String(record.createdAt),
   };
 }
@@ -533,6 +592,7 @@ function decodeEndpoint(fields: Record<string, string>): EndpointRecord {
     stateChangedAt: Number(fields.stateChangedAt),
     currentComputeId: fields.currentComputeId,
     writerTerm: BigInt(fields.writerTerm),
+    postgresAddress: fields.postgresAddress ?? '',
     createdAt: Number(fields.createdAt),
   };
 }
@@ -544,5 +604,15 @@ function encodeRole(record: RoleRecord): Record<string, string> {
     name: record.name,
     scramVerifier: record.scramVerifier,
     createdAt: String(record.createdAt),
+  };
+}
+
+function decodeRole(fields: Record<string, string>): RoleRecord {
+  return {
+    roleId: fields.roleId,
+    branchId: fields.branchId,
+    name: fields.name,
+    scramVerifier: fields.scramVerifier,
+    createdAt: Number(fields.createdAt),
   };
 }

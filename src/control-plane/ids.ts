@@ -32,11 +32,19 @@ export type IdKind = keyof typeof ID_PREFIXES;
 
 /** A new id of `kind`, e.g. `pj-k3q7x2mfa9dtn4vb`. */
 export function newId(kind: IdKind): string {
+  if (HEX_ID_KINDS.has(kind)) return `${ID_PREFIXES[kind]}${randomBytes(16).toString('hex')}`;
   return `${ID_PREFIXES[kind]}${randomToken(ID_RANDOM_CHARS)}`;
 }
 
+/**
+ * Endpoint and compute ids are also the provisioner's (its contract: the prefix and 32 lowercase hex digits), so the
+ * control plane makes them of that shape, which is lowercase letters and digits too.
+ */
+const HEX_ID_KINDS: ReadonlySet<IdKind> = new Set<IdKind>(['endpoint', 'compute']);
+
 /** Whether `value` is shaped like an id of `kind` the control plane assigns. */
 export function isId(kind: IdKind, value: string): boolean {
+  if (HEX_ID_KINDS.has(kind)) return new RegExp(`^${ID_PREFIXES[kind]}[0-9a-f]{32}$`).test(value);
   return new RegExp(`^${ID_PREFIXES[kind]}[a-z0-9]{${ID_RANDOM_CHARS}}$`).test(value);
 }
 

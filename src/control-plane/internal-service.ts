@@ -10,6 +10,9 @@ import type { Duration } from '../../gen/google/protobuf/duration.js';
 import type { Catalog } from './catalog.js';
 import type { WriterLease, WriterLeases } from './leases.js';
 import type { ServerContextExtension } from '../lib/grpc/server.js';
+import { PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import { wakeFailure, type EndpointLifecycle } from './lifecycle.js';
+import { endpointStateMessage, idArgument, type EndpointRecord } from './model.js';
 
 function later(method: string, slice: string): () => Promise<never> {
   return async () => {
@@ -24,6 +27,25 @@ export interface InternalServiceOptions {
   /** host:port of the safekeepers new timelines use, and of the pageserver (handed to writers with their lease). */
   safekeepers: string[];
   pageserver: string;
+  /** Starts endpoints on wake; null: this control plane runs without --provisioner. */
+  lifecycle?: EndpointLifecycle | null;
+}
+
+/** How long a WakeEndpoint waits for RUNNING when its caller set no deadline. */
+const WAKE_TIMEOUT_MS = 200_000;
+
+function routeMessage(endpoint: EndpointRecord): EndpointRoute {
+  const running = endpoint.state === 'running';
+  return {
+    endpointId: endpoint.endpointId,
+    state: endpointStateMessage(endpoint.state),
+    postgresAddress: running ? endpoint.postgresAddress ?? '' : '',
+    computeId: running ? endpoint.currentComputeId : '',
+    poolerMode: endpoint.settings.poolerMode === 'transaction' ? PoolerMode.POOLER_MODE_TRANSACTION : PoolerMode.POOLER_MODE_SESSION,
+    maxClientConnections: 0,
+    maxServerConnections: 0,
+    cacheTtl: { seconds: running ? 5n : 0n, nanos: 0 },
+  };
 }
 
 function ttlMs(ttl: Duration | undefined): number | undefined {
@@ -43,6 +65,21 @@ export function controlPlaneInternalService(options: InternalServiceOptions): Co
     if (!endpoint) throw notFound(`endpoint ${endpointId} does not exist`);
     return endpoint.branchId;
   };
+  function lifecycleOrUnavailable(method: string): EndpointLifecycle {
+    if (!options.lifecycle) {
+      throw new ServerError(
+        Status.UNIMPLEMENTED,
+        `${method} is not available: this control plane runs without --provisioner (and --pageserver, --safekeepers); start it with them, or try later`,
+      );
+    }
+    return options.lifecycle;
+  }
+  const endpointOf = async (endpointId: string): Promise<EndpointRecord> => {
+    idArgument('endpoint', endpointId, 'endpoint_id');
+    const endpoint = await catalog.getEndpoint(endpointId);
+    if (!endpoint) throw notFound(`endpoint ${endpointId} does not exist`);
+    return endpoint;
+  };
   return {
     async acquireWriterLease(request) {
       const timelineId = await timelineOf(request.endpointId);
@@ -59,8 +96,25 @@ export function controlPlaneInternalService(options: InternalServiceOptions): Co
       await leases.release({ timelineId, computeId: request.computeId, term: request.term, finalLsn: request.finalLsn });
       return {};
     },
-    resolveEndpoint: later('ResolveEndpoint', 'endpoint routing'),
-    wakeEndpoint: later('WakeEndpoint', 'endpoint starts'),
+    async resolveEndpoint(request) {
+      lifecycleOrUnavailable('ResolveEndpoint');
+      return { route: routeMessage(await endpointOf(request.endpointId)) };
+    },
+    async wakeEndpoint(request, context) {
+      const lifecycle = lifecycleOrUnavailable('WakeEndpoint');
+      const endpointId = (await endpointOf(request.endpointId)).endpointId;
+      const until = Date.now() + WAKE_TIMEOUT_MS;
+      for (;;) {
+        // A suspend in progress ends first; a start in progress is waited for.
+        let endpoint = await lifecycle.waitWhile(endpointId, ['suspending', 'starting', 'handoff'], until - Date.now(), context.signal);
+        if (endpoint.state === 'stopped') {
+          await lifecycle.start(endpoint, 'WakeEndpoint');
+          endpoint = await lifecycle.waitWhile(endpointId, ['starting'], until - Date.now(), context.signal);
+        }
+        if (endpoint.state === 'running') return { route: routeMessage(endpoint) };
+        if (endpoint.state !== 'stopped' || Date.now() >= until || context.signal.aborted) throw wakeFailure(endpoint);
+      }
+    },
     getRoleVerifier: later('GetRoleVerifier', 'roles'),
     reportComputeActivity: later('ReportComputeActivity', 'activity reports and scale to zero'),
     reportComputeState: later('ReportComputeState', 'compute lifecycle reports'),

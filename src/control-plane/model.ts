@@ -91,9 +91,10 @@ export function roleName(value: string, field: string): string {
 
 /** An id the control plane assigned: required and well-formed. */
 export function idArgument(kind: IdKind, value: string, field: string): string {
-  if (value === '') throw invalidArgument(`${field} is required: ${ID_PREFIXES[kind]} followed by 16 lowercase letters and digits`);
+  const shape = kind === 'endpoint' || kind === 'compute' ? '32 lowercase hex digits' : '16 lowercase letters and digits';
+  if (value === '') throw invalidArgument(`${field} is required: ${ID_PREFIXES[kind]} followed by ${shape}`);
   if (!isId(kind, value)) {
-    throw invalidArgument(`${field} ${JSON.stringify(value.slice(0, 80))} is malformed: expected ${ID_PREFIXES[kind]} followed by 16 lowercase letters and digits`);
+    throw invalidArgument(`${field} ${JSON.stringify(value.slice(0, 80))} is malformed: expected ${ID_PREFIXES[kind]} followed by ${shape}`);
   }
   return value;
 }
@@ -243,6 +244,8 @@ export interface EndpointRecord {
   stateChangedAt: number;
   currentComputeId: string;
   writerTerm: bigint;
+  /** host:port of the writer's Postgres while RUNNING; empty (or absent in older records) otherwise. */
+  postgresAddress?: string;
   createdAt: number;
 }
 
@@ -266,6 +269,10 @@ const STATES: Record<EndpointStateName, EndpointState> = {
   handoff: EndpointState.ENDPOINT_STATE_HANDOFF,
   failed: EndpointState.ENDPOINT_STATE_FAILED,
 };
+
+export function endpointStateMessage(state: EndpointStateName): EndpointState {
+  return STATES[state];
+}
 
 export function tenantMessage(record: TenantRecord): Tenant {
   return { tenantId: record.tenantId, name: record.name, createdAt: new Date(record.createdAt) };

@@ -37,6 +37,7 @@ import {
   type Scope,
 } from './model.js';
 import { secretHash } from './secrets.js';
+import type { EndpointLifecycle } from './lifecycle.js';
 
 /** The PostgreSQL major versions projects may be created with, newest last. */
 export const SUPPORTED_PG_MAJOR_VERSIONS = [18];
@@ -52,6 +53,8 @@ export interface ControlPlaneServiceOptions {
   regions: string[];
   /** The DNS domain endpoints are reached under: `ep-<id>.<domain>`. */
   domain: string;
+  /** Starts and stops endpoints; null: this control plane runs without --provisioner and cannot. */
+  lifecycle?: EndpointLifecycle | null;
   /** Tells the time (tests may pin it). */
   now?: () => number;
 }
@@ -98,6 +101,26 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
     const project = await catalog.getProject(tenantId, projectId);
     if (!project || project.deleting) throw projectNotFound(projectId);
     return project;
+  }
+
+  /** The tenant's endpoint (of a live project), or NOT_FOUND (also for another tenant's). */
+  async function tenantEndpoint(tenantId: string, endpointId: string): Promise<EndpointRecord> {
+    const endpoint = await catalog.getEndpoint(endpointId);
+    const project = endpoint && (await catalog.getProject(tenantId, endpoint.projectId));
+    if (!endpoint || !project || project.deleting) {
+      throw notFound(`endpoint ${endpointId} does not exist: check the id (ListEndpoints shows a project's endpoints)`);
+    }
+    return endpoint;
+  }
+
+  function lifecycleOrUnavailable(method: string): EndpointLifecycle {
+    if (!options.lifecycle) {
+      throw new ServerError(
+        Status.UNIMPLEMENTED,
+        `${method} is not available: this control plane runs without --provisioner (and --pageserver, --safekeepers); start it with them, or try later`,
+      );
+    }
+    return options.lifecycle;
   }
 
   /** A pageserver call's failure as the answer to our caller: retryable ones stay retryable. */
@@ -276,11 +299,37 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
     getBranch: unimplemented('GetBranch', 'branches'),
     deleteBranch: unimplemented('DeleteBranch', 'branches'),
     createEndpoint: unimplemented('CreateEndpoint', 'endpoints'),
-    getEndpoint: unimplemented('GetEndpoint', 'endpoints'),
-    listEndpoints: unimplemented('ListEndpoints', 'endpoints'),
+    async getEndpoint(request, context) {
+      const { tenantId } = tenantCaller(context.caller);
+      const endpointId = idArgument('endpoint', request.endpointId, 'endpoint_id');
+      return { endpoint: endpointMessage(await tenantEndpoint(tenantId, endpointId), domain) };
+    },
+
+    async listEndpoints(request, context) {
+      const { tenantId } = tenantCaller(context.caller);
+      const projectId = idArgument('project', request.projectId, 'project_id');
+      await liveProject(tenantId, projectId);
+      const endpoints = await catalog.listEndpoints(projectId);
+      return {
+        endpoints: endpoints.filter((endpoint) => !request.branchId || endpoint.branchId === request.branchId).map((endpoint) => endpointMessage(endpoint, domain)),
+      };
+    },
     updateEndpoint: unimplemented('UpdateEndpoint', 'endpoints'),
-    startEndpoint: unimplemented('StartEndpoint', 'endpoint starts'),
-    stopEndpoint: unimplemented('StopEndpoint', 'endpoint stops'),
+    async startEndpoint(request, context) {
+      const { tenantId, keyId } = tenantCaller(context.caller);
+      const lifecycle = lifecycleOrUnavailable('StartEndpoint');
+      const endpointId = idArgument('endpoint', request.endpointId, 'endpoint_id');
+      const endpoint = await tenantEndpoint(tenantId, endpointId);
+      return { endpoint: endpointMessage(await lifecycle.start(endpoint, `StartEndpoint by key ${keyId}`), domain) };
+    },
+
+    async stopEndpoint(request, context) {
+      const { tenantId, keyId } = tenantCaller(context.caller);
+      const lifecycle = lifecycleOrUnavailable('StopEndpoint');
+      const endpointId = idArgument('endpoint', request.endpointId, 'endpoint_id');
+      const endpoint = await tenantEndpoint(tenantId, endpointId);
+      return { endpoint: endpointMessage(await lifecycle.stop(endpoint, `StopEndpoint by key ${keyId}`), domain) };
+    },
     deleteEndpoint: unimplemented('DeleteEndpoint', 'endpoints'),
     createRole: unimplemented('CreateRole', 'roles'),
     listRoles: unimplemented('ListRoles', 'roles'),

@@ -16,6 +16,9 @@ export interface ControlPlaneOptions {
   redisUrl: string;
   /** host:port of a pageserver; none by default. */
   pageserver?: string;
+  /** host:port of the safekeepers and of a provisioner: with them (and a pageserver) endpoints can start. */
+  safekeepers?: string[];
+  provisioner?: string;
   /** Extra flags. */
   args?: string[];
   env?: NodeJS.ProcessEnv;
@@ -58,6 +61,8 @@ export class ControlPlaneNode {
       '--redis-url', options.redisUrl,
       '--operator-token-file', tokenFile,
       ...(options.pageserver ? ['--pageserver', options.pageserver] : []),
+      ...(options.safekeepers?.length ? ['--safekeepers', options.safekeepers.join(',')] : []),
+      ...(options.provisioner ? ['--provisioner', options.provisioner] : []),
       ...(options.args ?? []),
     ];
     const child = harness.spawn('control-plane', args, { label: 'control-plane', env: options.env });

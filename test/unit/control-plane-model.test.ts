@@ -34,7 +34,7 @@ describe('control plane: ids, secrets and validation', () => {
     const ids = new Set(Array.from({ length: 1000 }, () => newId('endpoint')));
     expect(ids.size).to.equal(1000);
     for (const id of ids) {
-      expect(id).to.match(/^ep-[a-z0-9]{16}$/);
+      expect(id).to.match(/^ep-[0-9a-f]{32}$/);
       expect(isId('endpoint', id)).to.equal(true);
       expect(isId('project', id)).to.equal(false);
     }
