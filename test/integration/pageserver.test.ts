@@ -360,12 +360,12 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
     const ahead = (timeline?.lastRecordLsn ?? 0n) + 1024n * 1024n;
     const started = Date.now();
     const error = await pageserver.timelines
-      .waitForLsn({ timelineId, lsn: ahead }, { deadline: new Date(Date.now() + 1500) })
+      .waitForLsn({ timelineId, lsn: ahead }, { deadline: new Date(Date.now() + 2500) })
       .catch((caught: unknown) => caught);
     expect(Date.now() - started).to.be.greaterThan(1000);
     expect((error as ClientError).code).to.equal(Status.DEADLINE_EXCEEDED);
     expect((error as ClientError).details).to.contain(formatLsn(ahead)).and.to.contain('did not arrive');
-    const backup = await basebackupAt(timelineId, ahead, false, 1500).catch((caught: unknown) => caught);
+    const backup = await basebackupAt(timelineId, ahead, false, 2500).catch((caught: unknown) => caught);
     expect((backup as ClientError).code).to.equal(Status.DEADLINE_EXCEEDED);
     expect((backup as ClientError).details).to.contain(formatLsn(ahead));
   });

@@ -50,7 +50,7 @@ const deadlineInterceptor: ServerInterceptor = (_method, call) =>
  * An error to answer a little before the caller's deadline with (so that it arrives), or null when the call has no
  * deadline. `describe` says what was being waited for.
  */
-export function beforeDeadline(context: ServerContextExtension, marginMs = 250): { atMs: number } | null {
+export function beforeDeadline(context: ServerContextExtension, marginMs = 500): { atMs: number } | null {
   return context.deadlineMs === undefined ? null : { atMs: context.deadlineMs - marginMs };
 }
 
