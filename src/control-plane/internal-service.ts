@@ -11,7 +11,7 @@ import type { Catalog } from './catalog.js';
 import type { WriterLease, WriterLeases } from './leases.js';
 import type { ServerContextExtension } from '../lib/grpc/server.js';
 import { PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
-import { wakeFailure, type EndpointLifecycle } from './lifecycle.js';
+import { wakeFailure, type EndpointLifecycle, requireLifecycle } from './lifecycle.js';
 import { endpointStateMessage, idArgument, type EndpointRecord } from './model.js';
 
 function later(method: string, slice: string): () => Promise<never> {
@@ -65,15 +65,7 @@ export function controlPlaneInternalService(options: InternalServiceOptions): Co
     if (!endpoint) throw notFound(`endpoint ${endpointId} does not exist`);
     return endpoint.branchId;
   };
-  function lifecycleOrUnavailable(method: string): EndpointLifecycle {
-    if (!options.lifecycle) {
-      throw new ServerError(
-        Status.UNIMPLEMENTED,
-        `${method} is not available: this control plane runs without --provisioner (and --pageserver, --safekeepers); start it with them, or try later`,
-      );
-    }
-    return options.lifecycle;
-  }
+  const lifecycleOrUnavailable = (method: string): EndpointLifecycle => requireLifecycle(options.lifecycle, method);
   const endpointOf = async (endpointId: string): Promise<EndpointRecord> => {
     idArgument('endpoint', endpointId, 'endpoint_id');
     const endpoint = await catalog.getEndpoint(endpointId);

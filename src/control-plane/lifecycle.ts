@@ -19,7 +19,7 @@ import { ComputeState, StopMode } from '../../gen/spg99/provisioner/v1/provision
 import type { SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import type { TimelineServiceDefinition } from '../../gen/spg99/pageserver/v1/pageserver.js';
 import type { SpgClient } from '../lib/grpc/client.js';
-import { failedPrecondition, hasStatus, Status, unavailable } from '../lib/grpc/errors.js';
+import { failedPrecondition, hasStatus, ServerError, Status, unavailable } from '../lib/grpc/errors.js';
 import type { Logger } from '../lib/log.js';
 import type { Catalog } from './catalog.js';
 import { newId } from './ids.js';
@@ -276,4 +276,15 @@ export class EndpointLifecycle {
 export function wakeFailure(endpoint: EndpointRecord): Error {
   if (endpoint.state === 'failed') return failedPrecondition(`endpoint ${endpoint.endpointId} FAILED: ${endpoint.stateReason}`);
   return unavailable(`endpoint ${endpoint.endpointId} is ${endpoint.state} (${endpoint.stateReason}); retry`);
+}
+
+/** The lifecycle, or UNIMPLEMENTED saying which flags the control plane needs for `method`. */
+export function requireLifecycle(lifecycle: EndpointLifecycle | undefined | null, method: string): EndpointLifecycle {
+  if (!lifecycle) {
+    throw new ServerError(
+      Status.UNIMPLEMENTED,
+      `${method} is not available: this control plane runs without --provisioner (and --pageserver, --safekeepers); start it with them, or try later`,
+    );
+  }
+  return lifecycle;
 }

@@ -37,7 +37,7 @@ import {
   type Scope,
 } from './model.js';
 import { secretHash } from './secrets.js';
-import type { EndpointLifecycle } from './lifecycle.js';
+import { type EndpointLifecycle, requireLifecycle } from './lifecycle.js';
 
 /** The PostgreSQL major versions projects may be created with, newest last. */
 export const SUPPORTED_PG_MAJOR_VERSIONS = [18];
@@ -113,15 +113,7 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
     return endpoint;
   }
 
-  function lifecycleOrUnavailable(method: string): EndpointLifecycle {
-    if (!options.lifecycle) {
-      throw new ServerError(
-        Status.UNIMPLEMENTED,
-        `${method} is not available: this control plane runs without --provisioner (and --pageserver, --safekeepers); start it with them, or try later`,
-      );
-    }
-    return options.lifecycle;
-  }
+  const lifecycleOrUnavailable = (method: string): EndpointLifecycle => requireLifecycle(options.lifecycle, method);
 
   /** A pageserver call's failure as the answer to our caller: retryable ones stay retryable. */
   function pageserverError(error: unknown, what: string): unknown {

@@ -424,7 +424,8 @@ export function postmasterPid(pgDataDir: string): number | null {
   }
 }
 
-function isAlive(pid: number): boolean {
+/** Whether process `pid` runs (a zombie counts as gone). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     // A zombie is gone for our purposes (its parent has not reaped it yet).

@@ -13,16 +13,8 @@ import { PageserverNode } from '../harness/pageserver.js';
 import { newComputeId, newEndpointId, ProvisionerNode } from '../harness/provisioner.js';
 import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { ComputeState, StopMode, type Compute, type ComputeSpec } from '../../gen/spg99/provisioner/v1/provisioner.js';
+import { isAlive } from '../../src/provisioner/process-driver.js';
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 function postmasterPid(pgDataDir: string): number | null {
   try {
