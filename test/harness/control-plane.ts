@@ -3,6 +3,7 @@
  * operator token in a harness directory; restartable on the same port. Clients carry an API key (or the operator
  * token) as `authorization: Bearer <secret>`.
  */
+import { ClientError } from '../../src/lib/grpc/errors.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -105,4 +106,14 @@ export class ControlPlaneNode {
     this.process = this.harness.spawn('control-plane', this.args, { label: `control-plane#${this.starts}`, env: this.options.env });
     this.readyLine = await this.process.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"`, timeoutMs: 30_000 });
   }
+}
+
+/** The error a call failed with (the test fails when it succeeds). */
+export async function failure(call: Promise<unknown>): Promise<ClientError> {
+  const outcome = await call.then(
+    () => null,
+    (error: unknown) => error,
+  );
+  if (!(outcome instanceof ClientError)) throw new Error(`expected a gRPC error, got ${outcome === null ? 'success' : String(outcome)}`);
+  return outcome;
 }

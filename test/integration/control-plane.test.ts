@@ -10,18 +10,9 @@ import { ApiKeyScope, EndpointState, type CreateProjectResponse, type Project } 
 import { useHarness, waitFor, grpcHealthStatus, HealthCheckResponse_ServingStatus } from '../harness/process.js';
 import { reflectedServices } from '../harness/reflection.js';
 import { RedisNode } from '../harness/redis.js';
-import { ControlPlaneNode, type ControlPlaneClient } from '../harness/control-plane.js';
+import { ControlPlaneNode, failure, type ControlPlaneClient } from '../harness/control-plane.js';
 import { PageserverNode } from '../harness/pageserver.js';
 
-/** The error a call failed with (the test fails when it succeeds). */
-async function failure(call: Promise<unknown>): Promise<ClientError> {
-  const outcome = await call.then(
-    () => null,
-    (error: unknown) => error,
-  );
-  if (!(outcome instanceof ClientError)) throw new Error(`expected a gRPC error, got ${outcome === null ? 'success' : String(outcome)}`);
-  return outcome;
-}
 
 async function expectStatus(call: Promise<unknown>, code: Status, ...phrases: string[]): Promise<ClientError> {
   const error = await failure(call);

@@ -6,24 +6,16 @@
  */
 import { expect } from 'chai';
 import pg from 'pg';
-import { ClientError, Status } from '../../src/lib/grpc/errors.js';
+import { Status } from '../../src/lib/grpc/errors.js';
 import { ApiKeyScope, EndpointState, type Endpoint } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { ComputeState } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import { useHarness, waitFor } from '../harness/process.js';
 import { RedisNode } from '../harness/redis.js';
-import { ControlPlaneNode, type ControlPlaneClient } from '../harness/control-plane.js';
+import { ControlPlaneNode, failure, type ControlPlaneClient } from '../harness/control-plane.js';
 import { PageserverNode } from '../harness/pageserver.js';
 import { startSafekeepers } from '../harness/safekeepers.js';
 import { ProvisionerNode } from '../harness/provisioner.js';
 
-async function failure(call: Promise<unknown>): Promise<ClientError> {
-  const outcome = await call.then(
-    () => null,
-    (error: unknown) => error,
-  );
-  if (!(outcome instanceof ClientError)) throw new Error(`expected a gRPC error, got ${outcome === null ? 'success' : String(outcome)}`);
-  return outcome;
-}
 
 async function connect(address: string): Promise<pg.Client> {
   const [host, port] = address.split(':');
