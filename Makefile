@@ -4,7 +4,7 @@ BIN := node_modules/.bin
 NODE_OPTIONS ?= --enable-source-maps
 export NODE_OPTIONS
 
-.PHONY: help install gen gen-check lint build test test-unit test-integration up down status bench bench-wal bench-pageserver clean
+.PHONY: help install system-deps gen gen-check lint build test test-unit test-integration up down status bench bench-wal bench-pageserver clean
 
 help: ## Lists the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -14,6 +14,9 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 install: node_modules/.installed ## Installs npm packages (and hydrates the Postgres binaries' library links)
+
+system-deps: ## Installs missing Debian packages (psql, pgbench, redis-server) and the user Postgres runs as
+	@bash scripts/system-deps.sh
 
 gen: install ## Regenerates gen/ from proto/ (buf + ts-proto)
 	$(BIN)/buf generate
@@ -43,7 +46,7 @@ test-unit: build ## Runs only the unit tests
 test-integration: build ## Runs only the integration tests
 	$(BIN)/mocha --no-config --timeout 120000 --exit 'dist/test/integration/**/*.test.js'
 
-up: build ## Starts three safekeepers, the pageserver and a compute in .spg99/ and prints how to connect
+up: system-deps build ## Starts the platform (Redis, safekeepers, pageserver, provisioner, control plane) in .spg99/ and prints how to connect
 	node dist/scripts/local-cluster.js up
 
 down: ## Stops what `make up` started

@@ -10,6 +10,9 @@ import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
 import { freePort } from '../src/lib/net.js';
 import { Compute } from '../src/agent/compute.js';
+import { ControlPlaneLink } from '../src/agent/control-plane-link.js';
+import { ENDPOINT_ID_PATTERN, type RoleVerifier } from '../src/agent/model.js';
+import { readRolesFile } from '../src/agent/roles.js';
 import { computeService } from '../src/agent/service.js';
 import { ComputeServiceDefinition, ComputeState } from '../gen/spg99/compute/v1/compute.js';
 
@@ -24,9 +27,16 @@ const spec = {
   appendSocket: { kind: 'boolean', description: 'stream WAL over the safekeepers\' framed Append transport when they offer it (else gRPC)', default: true },
   walBufferMb: { kind: 'integer', description: 'WAL kept in memory for lagging safekeepers, in MiB (older WAL comes from their peers)', default: 64, min: 1 },
   pageserver: { kind: 'string', description: 'host:port of the pageserver: with an empty data directory, start from its basebackup', default: '' },
+  endpointId: { kind: 'string', description: 'the endpoint this compute serves (ep-…); required with --control-plane', default: '' },
+  controlPlane: { kind: 'string', description: 'host:port of the control plane\'s internal service (lease renewal, reports); empty: standalone', default: '' },
+  leaseTtlS: { kind: 'integer', description: 'the writer lease duration asked for at each renewal (renewed every third of it), in seconds', default: 30, min: 1, max: 3600 },
+  reportIntervalS: { kind: 'integer', description: 'seconds between two activity reports to the control plane', default: 5, min: 1, max: 3600 },
+  rolesFile: { kind: 'string', description: 'JSON file of the roles to create before the compute runs: [{"roleName", "scramVerifier"}]', default: '' },
   listen: { kind: 'string', description: 'gRPC address of the ComputeService (host:port; port 0 picks one)', default: '127.0.0.1:0' },
   metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint', default: '127.0.0.1:0' },
 } as const;
+
+const COMPUTE_SERVICE = 'spg99.compute.v1.ComputeService';
 
 await runComponent('agent', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
@@ -36,8 +46,19 @@ await runComponent('agent', spec, async (config) => {
   if (!TIMELINE_ID_PATTERN.test(config.timelineId)) {
     throw new ConfigError(`--timeline-id must be tl- followed by 32 lowercase hex digits, got "${config.timelineId}"`);
   }
+  if (config.controlPlane) parseHostPort(config.controlPlane, '--control-plane');
+  if (config.controlPlane && !config.endpointId) throw new ConfigError('--endpoint-id is required with --control-plane: the endpoint whose writer lease this compute holds');
+  if (config.endpointId && !ENDPOINT_ID_PATTERN.test(config.endpointId)) {
+    throw new ConfigError(`--endpoint-id must be ep- followed by lowercase letters and digits, got "${config.endpointId}"`);
+  }
+  let roles: RoleVerifier[] = [];
+  try {
+    if (config.rolesFile) roles = readRolesFile(config.rolesFile);
+  } catch (error) {
+    throw new ConfigError(`--roles-file: ${(error as Error).message}`);
+  }
   const traceId = newTraceId();
-  const log = createLogger('agent', { computeId: config.computeId, timelineId: config.timelineId, traceId });
+  const log = createLogger('agent', { computeId: config.computeId, timelineId: config.timelineId, ...(config.endpointId ? { endpointId: config.endpointId } : {}), traceId });
   const pgPort = config.pgPort === 0 ? await freePort() : config.pgPort;
   const compute = new Compute({
     computeId: config.computeId,
@@ -50,9 +71,23 @@ await runComponent('agent', spec, async (config) => {
     pageserver: config.pageserver || undefined,
     walBufferBytes: config.walBufferMb * 1024 * 1024,
     useAppendSocket: config.appendSocket,
+    roles,
     log,
     traceId,
   });
+  const link = config.controlPlane
+    ? new ControlPlaneLink(compute, {
+        address: config.controlPlane,
+        endpointId: config.endpointId,
+        computeId: config.computeId,
+        term: BigInt(config.term),
+        leaseTtlMs: config.leaseTtlS * 1000,
+        reportIntervalMs: config.reportIntervalS * 1000,
+        postgresAddress: `127.0.0.1:${pgPort}`,
+        log,
+        traceId,
+      })
+    : null;
   const { server, listen } = buildServer(log);
   server.add(ComputeServiceDefinition, computeService(compute, {
     computeId: config.computeId,
@@ -61,11 +96,17 @@ await runComponent('agent', spec, async (config) => {
   }));
   const running = await listen(config.listen, ['spg99.compute.v1.ComputeService']);
   const metrics = await serveMetrics(metricsAddress.host, metricsAddress.port);
-  log.info({ grpcPort: running.port, metricsPort: metrics.port }, 'agent serving; starting the compute');
+  log.info({ grpcPort: running.port, metricsPort: metrics.port, controlPlane: config.controlPlane || null }, 'agent serving; starting the compute');
+  link?.start();
+  // Health of the ComputeService says whether Postgres serves (a Kubernetes readiness probe asks it by name).
+  running.health.setStatus('unhealthy', COMPUTE_SERVICE);
   // Tests and `make up` read the "agent ready" line; a failed start leaves the status (FAILED, FENCED) readable.
   compute
     .start()
-    .then(() => log.info({ grpcPort: running.port, metricsPort: metrics.port, pgPort }, 'agent ready'))
+    .then(() => {
+      running.health.setStatus('healthy', COMPUTE_SERVICE);
+      log.info({ grpcPort: running.port, metricsPort: metrics.port, pgPort }, 'agent ready');
+    })
     .catch((error: unknown) => {
       const { state, reason } = compute.status();
       // Losing the election to a newer term is an expected outcome, not a failure of this process.
@@ -76,6 +117,7 @@ await runComponent('agent', spec, async (config) => {
     log,
     stop: async () => {
       await compute.stop(true);
+      await link?.close();
       await running.stop();
       await metrics.close();
     },

@@ -1,5 +1,6 @@
 /**
- * The control plane: the catalog (tenants, API keys, projects) in Redis and the public API over it. It keeps no
+ * The control plane: the catalog (tenants, API keys, projects, branches, endpoints, roles) in Redis, the public API
+ * over it, the internal API for agents and the gateway, and the endpoint lifecycle (with its reconciler). It keeps no
  * state of its own, so it can be restarted at any time.
  */
 import { buildServer } from '../src/lib/grpc/server.js';
@@ -20,6 +21,7 @@ import { TimelineServiceDefinition } from '../gen/spg99/pageserver/v1/pageserver
 import { ProvisionerServiceDefinition } from '../gen/spg99/provisioner/v1/provisioner.js';
 import { SafekeeperServiceDefinition } from '../gen/spg99/safekeeper/v1/safekeeper.js';
 import { EndpointLifecycle } from '../src/control-plane/lifecycle.js';
+import { computeRoleApplier } from '../src/control-plane/compute-roles.js';
 
 const spec = {
   listen: { kind: 'string', description: 'gRPC address to listen on (host:port; port 0 picks a free one)', default: '127.0.0.1:7700' },
@@ -37,12 +39,16 @@ const spec = {
     description: 'host:port of the provisioner that runs computes; empty: endpoints cannot be started (needs --pageserver and --safekeepers too)',
     default: '',
   },
-  startLeaseTtlS: {
+  writerLeaseTtlS: {
     kind: 'integer',
-    description: 'ttl of the writer lease granted with an endpoint start, in seconds (long: nothing renews it yet)',
-    default: 86_400,
-    min: 60,
+    description: 'ttl of writer leases in seconds: agents renew them; a writer that does not is replaced after this long',
+    default: 30,
+    min: 2,
+    max: 600,
   },
+  reconcileIntervalMs: { kind: 'integer', description: 'how often the reconciler walks the endpoints (ms)', default: 1000, min: 50 },
+  advertise: { kind: 'string', description: 'host:port computes reach this control plane at; empty: the --listen address', default: '' },
+  publicPort: { kind: 'integer', description: 'the port users connect to (the gateway\'s), for connection strings', default: 5432, min: 1, max: 65535 },
   regions: { kind: 'list', description: 'regions projects may be created in, the default first', default: ['local'] as string[] },
   domain: { kind: 'string', description: 'DNS domain endpoints are reached under (ep-<id>.<domain>)', default: 'localhost' },
 } as const;
@@ -51,6 +57,7 @@ await runComponent('control-plane', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
   const metricsAddress = parseHostPort(config.metricsListen, '--metrics-listen');
   if (config.pageserver) parseHostPort(config.pageserver, '--pageserver');
+  if (config.advertise) parseHostPort(config.advertise, '--advertise');
   for (const address of config.safekeepers) parseHostPort(address, '--safekeepers');
   if (config.provisioner) {
     parseHostPort(config.provisioner, '--provisioner');
@@ -65,7 +72,9 @@ await runComponent('control-plane', spec, async (config) => {
   const pageserverChannel = config.pageserver ? openChannel(config.pageserver) : null;
   const pageserver = pageserverChannel ? createSpgClient(TimelineServiceDefinition, pageserverChannel) : null;
 
-  const leases = new WriterLeases(redis);
+  const leaseTtlMs = config.writerLeaseTtlS * 1000;
+  // Requests for longer leases are cut to the configured ttl: a writer that stops renewing is replaced after it.
+  const leases = new WriterLeases(redis, { defaultTtlMs: leaseTtlMs, maxTtlMs: leaseTtlMs });
   const otherChannels: Array<{ close(): void }> = [];
   let lifecycle: EndpointLifecycle | null = null;
   if (config.provisioner && pageserver) {
@@ -76,30 +85,34 @@ await runComponent('control-plane', spec, async (config) => {
       otherChannels.push(channel);
       return { address, client: createSpgClient(SafekeeperServiceDefinition, channel) };
     });
-    const leaseTtlMs = config.startLeaseTtlS * 1000;
     lifecycle = new EndpointLifecycle({
       catalog,
-      // Its own bounds: the lease of a start must outlast the compute, as nothing renews it yet.
-      leases: new WriterLeases(redis, { defaultTtlMs: leaseTtlMs, maxTtlMs: leaseTtlMs }),
+      leases,
       provisioner: createSpgClient(ProvisionerServiceDefinition, provisionerChannel),
       pageserver,
       pageserverAddress: config.pageserver,
       safekeepers,
-      controlPlaneAddress: '',
+      controlPlaneAddress: config.advertise,
+      roleApplier: computeRoleApplier(),
       log,
       leaseTtlMs,
+      reconcileIntervalMs: config.reconcileIntervalMs,
     });
   }
   const { server, listen } = buildServer(log);
   server
     .with(catalogAvailabilityMiddleware)
     .with(authMiddleware({ catalog, operatorToken }))
-    .add(ControlPlaneServiceDefinition, controlPlaneService({ catalog, pageserver, regions: config.regions, domain: config.domain, lifecycle }));
+    .add(ControlPlaneServiceDefinition, controlPlaneService({ catalog, pageserver, regions: config.regions, domain: config.domain, publicPort: config.publicPort, lifecycle }));
   server
     .with(catalogAvailabilityMiddleware)
     .add(ControlPlaneInternalServiceDefinition, controlPlaneInternalService({ catalog, leases, safekeepers: config.safekeepers, pageserver: config.pageserver, lifecycle }));
   const running = await listen(config.listen, ['spg99.controlplane.v1.ControlPlaneService', 'spg99.controlplane.v1.ControlPlaneInternalService']);
   const metrics = await serveMetrics(metricsAddress.host, metricsAddress.port);
+  if (lifecycle) {
+    if (!config.advertise) lifecycle.setControlPlaneAddress(`${parseHostPort(config.listen, '--listen').host}:${running.port}`);
+    lifecycle.startReconciler();
+  }
   if (!operatorToken) log.warn('no --operator-token-file: CreateTenant is disabled');
   if (!pageserver) log.warn('no --pageserver: projects are recorded without a timeline');
   if (!lifecycle) log.warn('no --provisioner: endpoints cannot be started');
@@ -108,8 +121,9 @@ await runComponent('control-plane', spec, async (config) => {
   return {
     log,
     stop: async () => {
+      await lifecycle?.stopReconciler();
       await running.stop();
-      // Starts and stops in progress are abandoned (their endpoints stay STARTING or SUSPENDING: no convergence yet).
+      // Starts and stops in progress are abandoned: the next control plane's reconciler resumes them.
       for (const channel of otherChannels) channel.close();
       pageserverChannel?.close();
       await metrics.close();

@@ -1,8 +1,10 @@
 /**
- * `make up` / `make down` / `make status`: a local SPG99 in `.spg99/` — three safekeepers, a pageserver and one
- * compute (agent + Postgres) — started as background processes that outlive the command, with logs in
- * `.spg99/logs/`. Data survives `make down`; the next `make up` elects the compute with a higher term and continues
- * the timeline, from the kept Postgres data directory or, when that is gone, from the pageserver's basebackup.
+ * `make up` / `make down` / `make status`: a local SPG99 in `.spg99/` — Redis (the catalog, AOF on), three
+ * safekeepers, a pageserver on local-filesystem object storage, the provisioner (process driver: computes are local
+ * agent + Postgres processes) and the control plane — started as background processes that outlive the command,
+ * with logs in `.spg99/logs/`. The first `make up` creates a tenant (its admin API key is kept in
+ * `.spg99/credentials.json`, mode 0600) and a demo project, wakes the demo endpoint and prints how to connect. Data
+ * survives `make down`; the next `make up` brings back the same databases.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,35 +14,45 @@ import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { createSpgClient, openChannel } from '../src/lib/grpc/client.js';
 import { ClientError, Status } from '../src/lib/grpc/errors.js';
-import { TimelineServiceDefinition } from '../gen/spg99/pageserver/v1/pageserver.js';
+import { pingRedis, redisServerBinary, writeRedisConfig } from '../src/lib/redis.js';
+import {
+  ControlPlaneInternalServiceDefinition,
+  ControlPlaneServiceDefinition,
+  EndpointState,
+} from '../gen/spg99/controlplane/v1/controlplane.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const home = path.join(root, '.spg99');
 const stateFile = path.join(home, 'cluster.json');
+const credentialsFile = path.join(home, 'credentials.json');
+const operatorTokenFile = path.join(home, 'operator-token');
 const logDir = path.join(home, 'logs');
 
-/** The tenant every local timeline belongs to. */
-const TENANT_ID = 'tn-local';
-const PG_MAJOR_VERSION = 18;
-
-interface ClusterState {
-  /** Recorded once the pageserver created the timeline: from then on it must hold it. */
-  timelineId?: string;
-  term: number;
-  pids: Record<string, number>;
-  ports: { safekeepers: number[]; pageserver: number; agent: number; postgres: number };
-}
-
+/** Where everything listens (each overridable by an environment variable). */
 const ports = {
+  redis: Number(process.env.SPG99_REDIS_PORT ?? 7379),
   safekeepers: [7501, 7502, 7503].map((port, index) => Number(process.env[`SPG99_SAFEKEEPER${index + 1}_PORT`] ?? port)),
   pageserver: Number(process.env.SPG99_PAGESERVER_PORT ?? 7600),
-  agent: Number(process.env.SPG99_AGENT_PORT ?? 7510),
-  postgres: Number(process.env.SPG99_POSTGRES_PORT ?? 55432),
+  controlPlane: Number(process.env.SPG99_CONTROL_PLANE_PORT ?? 7700),
+  provisioner: Number(process.env.SPG99_PROVISIONER_PORT ?? 7800),
 };
 
-function readState(): ClusterState | null {
+interface ClusterState {
+  version: 2;
+  pids: Record<string, number>;
+  ports: typeof ports;
+}
+
+/** Secrets shown once by the control plane, kept for the local user (mode 0600). */
+interface Credentials {
+  tenantId: string;
+  apiKey: string;
+  demo?: { projectId: string; branchId: string; endpointId: string; role: string; password: string };
+}
+
+function readJson<T>(file: string): T | null {
   try {
-    return JSON.parse(fs.readFileSync(stateFile, 'utf8')) as ClusterState;
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
   } catch {
     return null;
   }
@@ -49,6 +61,10 @@ function readState(): ClusterState | null {
 function writeState(state: ClusterState): void {
   fs.mkdirSync(home, { recursive: true });
   fs.writeFileSync(stateFile, `${JSON.stringify(state, null, 2)}\n`);
+}
+
+function writeCredentials(credentials: Credentials): void {
+  fs.writeFileSync(credentialsFile, `${JSON.stringify(credentials, null, 2)}\n`, { mode: 0o600 });
 }
 
 function alive(pid: number | undefined): boolean {
@@ -61,19 +77,20 @@ function alive(pid: number | undefined): boolean {
   }
 }
 
-/** Starts `node dist/cmd/<command>.js` detached, logging to .spg99/logs/<name>.log; returns its pid. */
-function launch(name: string, command: string, args: string[]): { pid: number; logFile: string } {
+/** Starts `binary args` detached, its output appended to .spg99/logs/<name>.log; returns its pid and log. */
+function launch(name: string, binary: string, args: string[]): { pid: number; logFile: string } {
   fs.mkdirSync(logDir, { recursive: true });
   const logFile = path.join(logDir, `${name}.log`);
   const fd = fs.openSync(logFile, 'a');
-  const child = spawn(process.execPath, [path.join(root, 'dist', 'cmd', `${command}.js`), ...args], {
-    cwd: root,
-    detached: true,
-    stdio: ['ignore', fd, fd],
-  });
+  const child = spawn(binary, args, { cwd: root, detached: true, stdio: ['ignore', fd, fd] });
   fs.closeSync(fd);
   child.unref();
   return { pid: child.pid as number, logFile };
+}
+
+/** Starts `node dist/cmd/<command>.js` like {@link launch}. */
+function launchComponent(name: string, command: string, args: string[]): { pid: number; logFile: string } {
+  return launch(name, process.execPath, ['--enable-source-maps', path.join(root, 'dist', 'cmd', `${command}.js`), ...args]);
 }
 
 interface LogEntry {
@@ -82,23 +99,17 @@ interface LogEntry {
   [field: string]: unknown;
 }
 
-/** The JSON log lines of `logFile` written after `offset`. */
-function readLog(logFile: string, offset: number): { text: string; entries: LogEntry[] } {
-  const text = fs.readFileSync(logFile, 'utf8').slice(offset);
-  // The last line may be half written: only whole lines are parsed.
-  const whole = text.slice(0, text.lastIndexOf('\n') + 1);
-  const entries = whole.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogEntry);
-  return { text, entries };
-}
-
-/** Waits for a JSON log line with `msg` in `logFile` written after `offset`; fails on `failMsg` or exit. */
-async function waitForLog(logFile: string, offset: number, msg: string, pid: number, failMsg?: string, timeoutMs = 90_000): Promise<LogEntry> {
+/** Waits for a JSON log line with `msg` in `logFile` written after `offset`; fails when the process exits. */
+async function waitForLog(logFile: string, offset: number, msg: string, pid: number, timeoutMs = 90_000): Promise<LogEntry> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const { text, entries } = readLog(logFile, offset);
-    for (const entry of entries) {
+    const text = fs.readFileSync(logFile, 'utf8').slice(offset);
+    // The last line may be half written: only whole lines are parsed.
+    const whole = text.slice(0, text.lastIndexOf('\n') + 1);
+    for (const line of whole.split('\n')) {
+      if (!line.startsWith('{')) continue;
+      const entry = JSON.parse(line) as LogEntry;
       if (entry.msg === msg) return entry;
-      if (failMsg && entry.msg === failMsg) throw new Error(`${path.basename(logFile)}: ${entry.err?.message ?? failMsg}`);
     }
     if (!alive(pid)) throw new Error(`the process exited; see ${logFile}:\n${text.split('\n').slice(-15).join('\n')}`);
     if (Date.now() > deadline) throw new Error(`no "${msg}" in ${logFile} after ${timeoutMs} ms`);
@@ -114,72 +125,101 @@ function logSize(file: string): number {
   }
 }
 
-function seconds(value: number): string {
-  return `${value.toFixed(1)} s`;
+function seconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)} s`;
 }
 
-function printConnection(state: ClusterState, readiness?: string): void {
-  console.log(`
-SPG99 is up (timeline ${state.timelineId}, writer term ${state.term}).
-  Connect:     psql "postgresql://postgres@127.0.0.1:${state.ports.postgres}/postgres"
-  Safekeepers: ${state.ports.safekeepers.map((port) => `127.0.0.1:${port}`).join(', ')}
-  Pageserver:  127.0.0.1:${state.ports.pageserver} (log ${path.join(logDir, 'pageserver.log')})
-  Compute API: 127.0.0.1:${state.ports.agent} (grpcurl -plaintext 127.0.0.1:${state.ports.agent} list)
-  Logs:        ${logDir}${readiness ? `\n  Ready in:    ${readiness}` : ''}
-  Stop:        make down   (data stays in .spg99/; make up continues it)`);
+/** Clients of the control plane: the public API with the local tenant's key (or the operator token), and the internal one. */
+function controlPlaneClients(secret: string) {
+  const channel = openChannel(`127.0.0.1:${ports.controlPlane}`);
+  return {
+    api: createSpgClient(ControlPlaneServiceDefinition, channel, undefined, { authorization: `Bearer ${secret}` }),
+    internal: createSpgClient(ControlPlaneInternalServiceDefinition, channel),
+    close: () => channel.close(),
+  };
 }
 
-/**
- * Creates the timeline on the pageserver at the first start (`recorded` unset) and, at every start, points it at
- * the safekeepers (idempotent). Returns the timeline id.
- */
-async function prepareTimeline(recorded: string | undefined, safekeepers: string[]): Promise<string> {
-  const channel = openChannel(`127.0.0.1:${ports.pageserver}`);
-  const timelines = createSpgClient(TimelineServiceDefinition, channel);
-  try {
-    const timelineId = recorded ?? `tl-${randomBytes(16).toString('hex')}`;
-    if (!recorded) {
-      // Answers once initdb's snapshot is durable in object storage.
-      await timelines.createTimeline(
-        { timelineId, tenantId: TENANT_ID, pgMajorVersion: PG_MAJOR_VERSION },
-        { deadline: new Date(Date.now() + 120_000) },
-      );
-    }
+/** The first time: a tenant (its admin key kept) and a demo project; later: what was kept. */
+async function bootstrap(): Promise<Credentials> {
+  let credentials = readJson<Credentials>(credentialsFile);
+  if (!credentials) {
+    const operator = controlPlaneClients(fs.readFileSync(operatorTokenFile, 'utf8').trim());
     try {
-      await timelines.setWalSource({ timelineId, safekeeperAddresses: safekeepers }, { deadline: new Date(Date.now() + 30_000) });
-    } catch (error) {
-      if (error instanceof ClientError && error.code === Status.NOT_FOUND) {
-        throw new Error(
-          `the pageserver has no timeline ${timelineId} of ${stateFile} (a cluster made before the pageserver was part of make up): ` +
-            'run make clean (or make down && rm -rf .spg99) to start over',
-        );
-      }
-      throw error;
+      const created = await operator.api.createTenant({ name: 'local' });
+      credentials = { tenantId: created.tenant!.tenantId, apiKey: created.apiKeySecret };
+      writeCredentials(credentials);
+    } finally {
+      operator.close();
     }
-    return timelineId;
-  } finally {
-    channel.close();
   }
+  if (!credentials.demo) {
+    const clients = controlPlaneClients(credentials.apiKey);
+    try {
+      // The demo never suspends: until the gateway wakes endpoints on connect, a suspended one needs `spg99 endpoints start`.
+      const project = await clients.api.createProject(
+        { name: 'demo', defaultEndpointSettings: { suspendTimeout: { seconds: 0n, nanos: 0 } } },
+        { deadline: new Date(Date.now() + 180_000) },
+      );
+      credentials.demo = {
+        projectId: project.project!.projectId,
+        branchId: project.defaultBranch!.branchId,
+        endpointId: project.defaultEndpoint!.endpointId,
+        role: project.defaultRole!.name,
+        password: project.defaultRolePassword,
+      };
+      writeCredentials(credentials);
+    } finally {
+      clients.close();
+    }
+  }
+  return credentials;
+}
+
+/** Wakes the demo endpoint (starting its compute when stopped) and answers its Postgres address. */
+async function wakeDemo(credentials: Credentials): Promise<string> {
+  const clients = controlPlaneClients(credentials.apiKey);
+  try {
+    const { route } = await clients.internal.wakeEndpoint({ endpointId: credentials.demo!.endpointId }, { deadline: new Date(Date.now() + 200_000) });
+    return route!.postgresAddress;
+  } finally {
+    clients.close();
+  }
+}
+
+function printConnection(credentials: Credentials, postgresAddress: string, readiness?: string): void {
+  const demo = credentials.demo!;
+  const cli = `node ${path.relative(process.cwd(), path.join(root, 'dist', 'cmd', 'spg99.js')) || 'dist/cmd/spg99.js'}`;
+  console.log(`
+SPG99 is up.
+  API key:       export SPG99_API_KEY=${credentials.apiKey}   (kept in ${credentialsFile})
+  CLI:           ${cli} projects list   (control plane 127.0.0.1:${ports.controlPlane})
+  Demo project:  ${demo.projectId}, endpoint ${demo.endpointId}, branch ${demo.branchId}
+  Connect:       psql "postgresql://${demo.role}:${demo.password}@${postgresAddress}/postgres"
+                 (straight to the compute: the TLS gateway at ep-<id>.localhost comes next)
+  Logs:          ${logDir}${readiness ? `\n  Ready in:      ${readiness}` : ''}
+  Stop:          make down   (data stays in .spg99/; make up brings it back)`);
 }
 
 async function up(): Promise<void> {
   const started = performance.now();
-  const previous = readState();
-  if (previous?.timelineId && previous.pids.pageserver && Object.values(previous.pids).every(alive)) {
-    printConnection(previous);
+  const previous = readJson<ClusterState & { timelineId?: string }>(stateFile);
+  if (previous && previous.version !== 2) {
+    throw new Error(
+      `${stateFile} was made by an older make up (a bare timeline without the control plane): run make down, then make clean to start over`,
+    );
+  }
+  if (previous && Object.keys(previous.pids).length > 0 && Object.values(previous.pids).every(alive)) {
+    const credentials = await bootstrap();
+    printConnection(credentials, await wakeDemo(credentials));
     return;
   }
   if (previous) await down(true);
-  const state: ClusterState = {
-    timelineId: previous?.timelineId,
-    // Every start is a new writer: it must win a higher term than any before it.
-    term: (previous?.term ?? 0) + 1,
-    pids: {},
-    ports,
-  };
+  const state: ClusterState = { version: 2, pids: {}, ports };
   try {
     const readiness = await start(state, started);
-    printConnection(state, readiness);
+    const credentials = await bootstrap();
+    const address = await wakeDemo(credentials);
+    printConnection(credentials, address, `${seconds(performance.now() - started)} (${readiness}, demo endpoint running)`);
   } catch (error) {
     // Nothing keeps running after a failed start, so `make clean` is safe to follow.
     await down(true);
@@ -187,80 +227,81 @@ async function up(): Promise<void> {
   }
 }
 
-/** Starts safekeepers → pageserver → timeline → compute; returns how long each step took. */
+/** Starts Redis and the safekeepers → pageserver → provisioner → control plane; answers how long each took. */
 async function start(state: ClusterState, started: number): Promise<string> {
+  const timings: string[] = [];
+  const mark = (what: string, since: number) => timings.push(`${what} ${seconds(performance.now() - since)}`);
+
+  const redisConfig = writeRedisConfig({ port: ports.redis, dataDir: path.join(home, 'redis') });
+  const redis = launch('redis', redisServerBinary(), [redisConfig.configFile]);
+  state.pids.redis = redis.pid;
   const safekeepers = ports.safekeepers.map((port) => `127.0.0.1:${port}`);
-  await Promise.all(
-    ports.safekeepers.map(async (port, index) => {
+  await Promise.all([
+    (async () => {
+      const deadline = Date.now() + 60_000;
+      while ((await pingRedis('127.0.0.1', ports.redis, 1_000).catch((error: Error) => error.message)) !== '+PONG') {
+        if (!alive(redis.pid)) throw new Error(`redis-server exited; see ${redisConfig.logFile}`);
+        if (Date.now() > deadline) throw new Error(`redis-server did not answer PING within 60 s; see ${redisConfig.logFile}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    })(),
+    ...ports.safekeepers.map(async (port, index) => {
       const name = `safekeeper-${index + 1}`;
       const logFile = path.join(logDir, `${name}.log`);
       const offset = logSize(logFile);
-      const { pid } = launch(name, 'safekeeper', [
-        '--id', `sk-${index + 1}`,
-        '--data-dir', path.join(home, name),
-        '--listen', `127.0.0.1:${port}`,
-      ]);
+      const { pid } = launchComponent(name, 'safekeeper', ['--id', `sk-${index + 1}`, '--data-dir', path.join(home, name), '--listen', `127.0.0.1:${port}`]);
       state.pids[name] = pid;
       await waitForLog(logFile, offset, 'safekeeper ready', pid);
     }),
-  );
+  ]);
   writeState(state);
-  const safekeepersReady = performance.now();
+  mark('redis and safekeepers', started);
 
+  let since = performance.now();
   const pageserverLog = path.join(logDir, 'pageserver.log');
   const pageserverOffset = logSize(pageserverLog);
-  const pageserver = launch('pageserver', 'pageserver', [
-    '--data-dir', path.join(home, 'pageserver'),
-    '--listen', `127.0.0.1:${ports.pageserver}`,
-  ]);
+  const pageserver = launchComponent('pageserver', 'pageserver', ['--data-dir', path.join(home, 'pageserver'), '--listen', `127.0.0.1:${ports.pageserver}`]);
   state.pids.pageserver = pageserver.pid;
+  const provisionerLog = path.join(logDir, 'provisioner.log');
+  const provisionerOffset = logSize(provisionerLog);
+  const provisioner = launchComponent('provisioner', 'provisioner', ['--data-dir', path.join(home, 'computes'), '--listen', `127.0.0.1:${ports.provisioner}`]);
+  state.pids.provisioner = provisioner.pid;
   writeState(state);
-  await waitForLog(pageserverLog, pageserverOffset, 'pageserver ready', pageserver.pid);
-  const pageserverReady = performance.now();
-
-  const created = !state.timelineId;
-  state.timelineId = await prepareTimeline(state.timelineId, safekeepers);
-  writeState(state);
-  const timelineReady = performance.now();
-
-  const agentLog = path.join(logDir, 'compute-1.log');
-  const offset = logSize(agentLog);
-  const { pid } = launch('compute-1', 'agent', [
-    '--compute-id', 'compute-1',
-    '--timeline-id', state.timelineId,
-    '--term', String(state.term),
-    '--safekeepers', safekeepers.join(','),
-    '--pageserver', `127.0.0.1:${ports.pageserver}`,
-    // An empty or missing data directory is filled from the pageserver's basebackup.
-    '--pg-data-dir', path.join(home, 'compute-1', 'pgdata'),
-    '--pg-port', String(ports.postgres),
-    '--listen', `127.0.0.1:${ports.agent}`,
-    '--create-timeline',
+  await Promise.all([
+    waitForLog(pageserverLog, pageserverOffset, 'pageserver ready', pageserver.pid),
+    waitForLog(provisionerLog, provisionerOffset, 'provisioner ready', provisioner.pid),
   ]);
-  state.pids['compute-1'] = pid;
-  writeState(state);
-  await waitForLog(agentLog, offset, 'agent ready', pid, 'the compute did not start');
-  const ready = performance.now();
+  mark('pageserver and provisioner', since);
 
-  const running = readLog(agentLog, offset).entries.find((entry) => entry.msg === 'compute running');
-  const phases = Object.entries((running?.phases ?? {}) as Record<string, number>)
-    .map(([phase, value]) => `${phase} ${seconds(value)}`)
-    .join(', ');
-  return (
-    `${seconds((ready - started) / 1000)} (safekeepers ${seconds((safekeepersReady - started) / 1000)}, ` +
-    `pageserver ${seconds((pageserverReady - safekeepersReady) / 1000)}, ` +
-    `timeline ${created ? 'created' : 'set up'} ${seconds((timelineReady - pageserverReady) / 1000)}, ` +
-    `compute ${seconds((ready - timelineReady) / 1000)}${phases ? `: ${phases}` : ''})`
-  );
+  since = performance.now();
+  if (!fs.existsSync(operatorTokenFile)) fs.writeFileSync(operatorTokenFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  const controlPlaneLog = path.join(logDir, 'control-plane.log');
+  const controlPlaneOffset = logSize(controlPlaneLog);
+  const controlPlane = launchComponent('control-plane', 'control-plane', [
+    '--listen', `127.0.0.1:${ports.controlPlane}`,
+    '--redis-url', `redis://127.0.0.1:${ports.redis}`,
+    '--pageserver', `127.0.0.1:${ports.pageserver}`,
+    '--safekeepers', safekeepers.join(','),
+    '--provisioner', `127.0.0.1:${ports.provisioner}`,
+    '--operator-token-file', operatorTokenFile,
+  ]);
+  state.pids['control-plane'] = controlPlane.pid;
+  writeState(state);
+  await waitForLog(controlPlaneLog, controlPlaneOffset, 'control plane ready', controlPlane.pid);
+  mark('control plane', since);
+  return timings.join(', ');
 }
 
 /**
- * Stop order: the compute first (its fast shutdown puts the final checkpoint on the safekeepers, then it asks the
- * pageserver for a snapshot), then the pageserver (it uploads what it ingested), then the safekeepers together.
+ * Stop order: the endpoints (their computes put the final WAL on the safekeepers and ask the pageserver for a
+ * snapshot), the control plane (so it starts nothing more), the provisioner (it stops computes left running), the
+ * pageserver (it uploads what it ingested), the safekeepers, and Redis last.
  */
+const STOP_ORDER = ['control-plane', 'provisioner', 'pageserver', 'safekeeper', 'redis'];
+
 function stopRank(name: string): number {
-  if (name.startsWith('compute')) return 0;
-  return name === 'pageserver' ? 1 : 2;
+  const rank = STOP_ORDER.findIndex((prefix) => name.startsWith(prefix));
+  return rank < 0 ? STOP_ORDER.length : rank;
 }
 
 /** SIGTERM, then waits for the exit (SIGKILL after a minute). */
@@ -273,44 +314,89 @@ async function stop(name: string, pid: number, quiet: boolean): Promise<void> {
   if (!quiet) console.log(`stopped ${name} (pid ${pid})`);
 }
 
+/** Stops the local tenant's running endpoints through the API (best effort: the provisioner stops what is left). */
+async function stopEndpoints(quiet: boolean): Promise<void> {
+  const credentials = readJson<Credentials>(credentialsFile);
+  if (!credentials) return;
+  const clients = controlPlaneClients(credentials.apiKey);
+  try {
+    const options = { deadline: new Date(Date.now() + 5_000) };
+    for (const project of (await clients.api.listProjects({}, options)).projects) {
+      for (const endpoint of (await clients.api.listEndpoints({ projectId: project.projectId, branchId: '' }, options)).endpoints) {
+        if (endpoint.state !== EndpointState.ENDPOINT_STATE_RUNNING) continue;
+        await clients.api.stopEndpoint({ endpointId: endpoint.endpointId }, options);
+        const until = Date.now() + 60_000;
+        while (Date.now() < until) {
+          const { endpoint: now } = await clients.api.getEndpoint({ endpointId: endpoint.endpointId }, options);
+          if (now?.state !== EndpointState.ENDPOINT_STATE_SUSPENDING) break;
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+        if (!quiet) console.log(`stopped endpoint ${endpoint.endpointId}`);
+      }
+    }
+  } catch (error) {
+    if (!(error instanceof ClientError && error.code === Status.UNAVAILABLE) && !quiet) {
+      console.log(`could not stop the endpoints through the control plane (${(error as Error).message}); the provisioner stops their computes`);
+    }
+  } finally {
+    clients.close();
+  }
+}
+
 async function down(quiet = false): Promise<void> {
-  const state = readState();
-  if (!state) {
-    if (!quiet) console.log('nothing is running (no .spg99/cluster.json)');
+  const state = readJson<ClusterState>(stateFile);
+  if (!state || Object.keys(state.pids ?? {}).length === 0) {
+    if (!quiet) console.log('nothing is running (no processes recorded in .spg99/cluster.json)');
     return;
   }
-  for (const rank of [0, 1, 2]) {
+  if (state.version === 2 && alive(state.pids['control-plane'])) await stopEndpoints(quiet);
+  const ranks = [...new Set(Object.keys(state.pids).map(stopRank))].sort((a, b) => a - b);
+  for (const rank of ranks) {
     const group = Object.entries(state.pids).filter(([name]) => stopRank(name) === rank);
     await Promise.all(group.map(([name, pid]) => stop(name, pid, quiet)));
   }
-  writeState({ ...state, pids: {} });
+  writeState({ ...state, version: 2, pids: {} });
 }
 
 /** Where a process of the cluster listens. */
-function addressOf(state: ClusterState, name: string): string {
-  if (name === 'pageserver') return `127.0.0.1:${state.ports.pageserver}`;
-  if (name.startsWith('compute')) return `127.0.0.1:${state.ports.agent} (postgres 127.0.0.1:${state.ports.postgres})`;
+function addressOf(name: string): string {
+  if (name === 'redis') return `redis://127.0.0.1:${ports.redis}`;
+  if (name === 'pageserver') return `127.0.0.1:${ports.pageserver}`;
+  if (name === 'control-plane') return `127.0.0.1:${ports.controlPlane}`;
+  if (name === 'provisioner') return `127.0.0.1:${ports.provisioner}`;
   const safekeeper = /^safekeeper-(\d+)$/.exec(name);
-  return safekeeper ? `127.0.0.1:${state.ports.safekeepers[Number(safekeeper[1]) - 1]}` : '';
+  return safekeeper ? `127.0.0.1:${ports.safekeepers[Number(safekeeper[1]) - 1]}` : '';
 }
 
-function status(): void {
-  const state = readState();
+async function status(): Promise<void> {
+  const state = readJson<ClusterState>(stateFile);
   if (!state) {
     console.log('not started: run make up');
     return;
   }
   for (const [name, pid] of Object.entries(state.pids)) {
-    console.log(`${name}\tpid ${pid}\t${alive(pid) ? 'running' : 'stopped'}\t${addressOf(state, name)}`);
+    console.log(`${name.padEnd(14)} pid ${String(pid).padEnd(8)} ${alive(pid) ? 'running' : 'stopped'}  ${addressOf(name)}`);
   }
-  if (Object.keys(state.pids).length === 0) console.log('stopped (data kept in .spg99/)');
+  if (Object.keys(state.pids).length === 0) {
+    console.log('stopped (data kept in .spg99/)');
+    return;
+  }
+  const credentials = readJson<Credentials>(credentialsFile);
+  if (!credentials?.demo || !alive(state.pids['control-plane'])) return;
+  const clients = controlPlaneClients(credentials.apiKey);
+  try {
+    const { endpoint } = await clients.api.getEndpoint({ endpointId: credentials.demo.endpointId }, { deadline: new Date(Date.now() + 5_000) });
+    console.log(`demo endpoint  ${credentials.demo.endpointId} ${EndpointState[endpoint!.state].replace('ENDPOINT_STATE_', '')}: ${endpoint!.stateReason}`);
+  } finally {
+    clients.close();
+  }
 }
 
 const command = process.argv[2];
 try {
   if (command === 'up') await up();
   else if (command === 'down') await down();
-  else if (command === 'status') status();
+  else if (command === 'status') await status();
   else {
     console.error('usage: local-cluster up|down|status');
     process.exit(2);

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { ComputeState } from '../../gen/spg99/compute/v1/compute.js';
 import type { Logger } from '../lib/log.js';
 import { type Lsn, formatLsn, segmentNumber, segmentStart } from '../lib/lsn.js';
@@ -18,6 +19,9 @@ import { SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safek
 import { PageServiceDefinition, TimelineServiceDefinition } from '../../gen/spg99/pageserver/v1/pageserver.js';
 import { WalDecoder, recordBoundary } from '../lib/pg/wal-decoder.js';
 import { fetchBasebackup } from './basebackup.js';
+import { ActivitySampler, AGENT_APPLICATION_NAME, type ActivityFigures } from './activity.js';
+import type { RoleChanges, RoleVerifier } from './model.js';
+import { applyRoles, writeHbaFile, type AppliedRoles } from './roles.js';
 import { FencedError, WalProposer, type Election } from './walproposer.js';
 
 /** The name Postgres knows the walproposer by (its synchronous standby). */
@@ -45,8 +49,15 @@ export interface ComputeOptions {
   pageserver?: string;
   /** Extra Postgres settings. */
   pgSettings?: Record<string, string | number>;
+  /** Users' roles to create (or update) before the compute counts as running. */
+  roles?: RoleVerifier[];
   log: Logger;
   traceId?: string;
+}
+
+/** Postgres is not running (yet, or any more): what needs it cannot be done now. */
+export class PostgresNotRunningError extends Error {
+  override readonly name = 'PostgresNotRunningError';
 }
 
 /** Why the compute is where it is. */
@@ -71,6 +82,12 @@ export class Compute {
   private streaming: Promise<void> | null = null;
   private stopping: Promise<Lsn> | null = null;
   private shuttingDown: Promise<void> | null = null;
+  private readonly stateListeners: ((status: ComputeStatus) => void)[] = [];
+  private sampler: ActivitySampler | null = null;
+  /** Sessions the agent opened to its Postgres (they are not clients' activity). */
+  private agentSessions = 0;
+  /** Role changes, one at a time. */
+  private rolesQueue: Promise<unknown> = Promise.resolve();
   /** Postgres' Unix socket directory: the WAL stream from Postgres goes through it (clients use TCP). */
   private readonly socketDir = fs.mkdtempSync(path.join(os.tmpdir(), 'spg99-pg-'));
 
@@ -107,6 +124,72 @@ export class Compute {
     return this.postgres;
   }
 
+  /** Calls `listener` after every state change, with the new status. */
+  onStateChange(listener: (status: ComputeStatus) => void): void {
+    this.stateListeners.push(listener);
+  }
+
+  /**
+   * Stops Postgres at once (no checkpoint, clients cut) because another writer was chosen: the state becomes FENCED
+   * with `reason`. Nothing this compute still writes could commit anyway: the safekeepers refuse a superseded term.
+   * A compute that already stopped or failed stays as it is.
+   */
+  async fence(reason: string): Promise<void> {
+    if (this.state === ComputeState.COMPUTE_STATE_STOPPED || this.state === ComputeState.COMPUTE_STATE_FAILED) return;
+    await this.onFenced(reason);
+  }
+
+  /** The current activity of Postgres. @throws PostgresNotRunningError unless the compute runs. */
+  activity(): Promise<ActivityFigures> {
+    if (this.state !== ComputeState.COMPUTE_STATE_RUNNING || !this.sampler || !this.postgres?.running) {
+      return Promise.reject(new PostgresNotRunningError('Postgres is not running on this compute: activity is known only while it runs'));
+    }
+    return this.sampler.sample();
+  }
+
+  /**
+   * Creates, updates and drops roles on the running Postgres (see {@link applyRoles}); one change at a time.
+   * @throws PostgresNotRunningError unless the compute runs; RoleInUseError for a role to drop that owns objects.
+   */
+  applyRoles(changes: RoleChanges): Promise<AppliedRoles> {
+    if (this.state !== ComputeState.COMPUTE_STATE_RUNNING || !this.postgres?.running) {
+      return Promise.reject(new PostgresNotRunningError('Postgres is not running on this compute: roles can be changed only while it runs'));
+    }
+    return this.changeRoles(changes);
+  }
+
+  private changeRoles(changes: RoleChanges): Promise<AppliedRoles> {
+    const run = this.rolesQueue.then(async () => {
+      const client = await this.connectAgent();
+      try {
+        const applied = await applyRoles(client, changes);
+        this.options.log.info({ ...applied }, 'roles applied');
+        return applied;
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    });
+    this.rolesQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** A new session of the agent on its Postgres, over the Unix socket, named so that it never counts as activity. */
+  private async connectAgent(): Promise<pg.Client> {
+    const client = new pg.Client({
+      host: this.socketDir,
+      port: this.options.pgPort,
+      user: 'postgres',
+      database: 'postgres',
+      application_name: AGENT_APPLICATION_NAME,
+      connectionTimeoutMillis: 10_000,
+    });
+    // A connection cut by a stop surfaces in the query that was running, not as an unhandled event.
+    client.on('error', () => undefined);
+    this.agentSessions += 1;
+    await client.connect();
+    return client;
+  }
+
   /** Elects, starts Postgres and begins streaming; resolves when Postgres runs with the walproposer attached. */
   async start(): Promise<void> {
     const { log } = this.options;
@@ -126,6 +209,7 @@ export class Compute {
         }
         await this.phase('initdb', () => initdb(this.options.pgDataDir, log));
       }
+      writeHbaFile(this.options.pgDataDir);
       this.postgres = await this.phase('postgres_start', () =>
         PostgresServer.start({
           dataDir: this.options.pgDataDir,
@@ -139,13 +223,36 @@ export class Compute {
             synchronous_commit: 'on',
             synchronous_standby_names: STANDBY_NAME,
             wal_sender_timeout: '30s',
+            // Users' roles hold SCRAM verifiers (pg_hba.conf asks them for SCRAM); a password set in SQL is hashed so too.
+            password_encryption: 'scram-sha-256',
             ...this.options.pgSettings,
           },
         }),
       );
+      const postgresStartedAtMs = Date.now();
+      if (signal.aborted) {
+        // Fenced or stopped while Postgres was starting: the shutdown that ran then did not see it.
+        await this.postgres.stop('immediate');
+        throw new Error(this.reason || 'the compute was stopped while starting');
+      }
       void this.postgres.exited.then((code) => this.onPostgresExit(code));
       // Without a basebackup the safekeepers are synced here, as streaming begins.
       await this.phase(this.proposer.begun ? 'start_streaming' : 'sync_safekeepers', () => this.startStreaming(election));
+      if (signal.aborted) throw new Error(this.reason || 'the compute was stopped while starting');
+      const postgres = this.postgres;
+      this.sampler = new ActivitySampler({
+        connect: () => this.connectAgent(),
+        agentSessions: () => this.agentSessions,
+        postmasterPid: () => (postgres.running ? postgres.pid : undefined),
+        startLsn: this.proposer.termStartLsn,
+        postgresStartedAtMs,
+      });
+      // The first sample is the baseline the counters (transactions) count from.
+      await this.sampler.sample();
+      // Roles exist before anyone is told the compute runs (each CREATE ROLE commits through the safekeepers).
+      // Given a roles list (by the provisioner), it is the whole truth: roles deleted meanwhile lose their login.
+      const roles = this.options.roles;
+      if (roles !== undefined) await this.phase('configure', () => this.changeRoles({ upsert: roles, drop: [], exclusive: true }));
       if (signal.aborted) throw new Error(this.reason || 'the compute was stopped while starting');
       this.setState(ComputeState.COMPUTE_STATE_RUNNING);
       log.info(
@@ -170,10 +277,13 @@ export class Compute {
    * Stops Postgres (`checkpoint`: a fast shutdown whose final checkpoint reaches the safekeepers; otherwise
    * immediate) and returns the final commit LSN.
    */
-  stop(checkpoint: boolean): Promise<Lsn> {
+  stop(checkpoint: boolean, reason = 'stop requested'): Promise<Lsn> {
     this.stopping ??= (async () => {
       const ended = [ComputeState.COMPUTE_STATE_FENCED, ComputeState.COMPUTE_STATE_FAILED];
-      if (!ended.includes(this.state)) this.setState(ComputeState.COMPUTE_STATE_STOPPING);
+      if (!ended.includes(this.state)) {
+        this.reason = reason;
+        this.setState(ComputeState.COMPUTE_STATE_STOPPING);
+      }
       await this.shutdown(checkpoint ? 'fast' : 'immediate');
       if (this.state === ComputeState.COMPUTE_STATE_STOPPING) {
         this.setState(ComputeState.COMPUTE_STATE_STOPPED);
@@ -193,6 +303,7 @@ export class Compute {
   private async shutdownOnce(mode: 'fast' | 'immediate'): Promise<void> {
     const { log } = this.options;
     if (this.postgres?.running) await this.postgres.stop(mode);
+    await this.sampler?.close();
     if (mode === 'fast' && this.streaming && !this.proposer.fenced) {
       // Postgres' walsender sent its shutdown checkpoint before exiting; wait until a majority holds it.
       const wait = new AbortController();
@@ -352,8 +463,8 @@ export class Compute {
 
   private async onFenced(reason: string): Promise<void> {
     if (this.state === ComputeState.COMPUTE_STATE_FENCED) return;
-    this.setState(ComputeState.COMPUTE_STATE_FENCED);
     this.reason = reason;
+    this.setState(ComputeState.COMPUTE_STATE_FENCED);
     // Within a second: no checkpoint, no waiting for clients. Nothing it would still write could commit anyway.
     await this.shutdown('immediate');
   }
@@ -373,8 +484,17 @@ export class Compute {
   }
 
   private setState(state: ComputeState): void {
+    if (this.state === state) return;
     this.state = state;
     stateGauge.set(state);
+    const status = this.status();
+    for (const listener of this.stateListeners) {
+      try {
+        listener(status);
+      } catch (error) {
+        this.options.log.error({ err: error }, 'a compute state listener failed');
+      }
+    }
   }
 
   private async phase<T>(name: string, run: () => Promise<T>): Promise<T> {

@@ -1,13 +1,13 @@
 /**
- * The ComputeService gRPC implementation: the agent's status, a clean stop, and the activity figures the control
- * plane scales and suspends by.
+ * The ComputeService gRPC implementation: the agent's status, a clean stop, the activity figures the control plane
+ * scales and suspends by, and the users' roles.
  */
-import pg from 'pg';
 import type { ComputeServiceImplementation } from '../../gen/spg99/compute/v1/compute.js';
-import { ComputeState } from '../../gen/spg99/compute/v1/compute.js';
 import type { ServerContextExtension } from '../lib/grpc/server.js';
 import { failedPrecondition } from '../lib/grpc/errors.js';
-import type { Compute } from './compute.js';
+import { PostgresNotRunningError, type Compute } from './compute.js';
+import { roleChangesFromRequest } from './model.js';
+import { RoleInUseError } from './roles.js';
 
 /** Identity of the compute, as reported. */
 export interface ComputeIdentity {
@@ -16,9 +16,14 @@ export interface ComputeIdentity {
   postgresAddress: string;
 }
 
+/** Expected refusals as the statuses they answer; anything else goes to the error middleware (INTERNAL). */
+function refusal(error: unknown): unknown {
+  if (error instanceof PostgresNotRunningError || error instanceof RoleInUseError) return failedPrecondition(error.message);
+  return error;
+}
+
 /** Builds the service over a compute. */
 export function computeService(compute: Compute, identity: ComputeIdentity): ComputeServiceImplementation<ServerContextExtension> {
-  let lastActive = Date.now();
   return {
     async getStatus() {
       const status = compute.status();
@@ -38,35 +43,34 @@ export function computeService(compute: Compute, identity: ComputeIdentity): Com
 
     async stop(request, context) {
       context.log.info({ checkpoint: request.checkpoint }, 'stop requested');
-      const finalLsn = await compute.stop(request.checkpoint);
+      const finalLsn = await compute.stop(request.checkpoint, 'stop requested through ComputeService.Stop');
       return { finalLsn };
     },
 
     async getMetrics() {
-      const postgres = compute.postgresServer;
-      if (compute.status().state !== ComputeState.COMPUTE_STATE_RUNNING || !postgres?.running) {
-        throw failedPrecondition('Postgres is not running on this compute: metrics are available only while it runs');
-      }
-      const client = new pg.Client({ host: '127.0.0.1', port: postgres.port, user: 'postgres', database: 'postgres' });
-      await client.connect();
       try {
-        const activity = await client.query<{ active: string; commits: string }>(
-          `SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) AS active,
-                  (SELECT coalesce(sum(xact_commit), 0) FROM pg_stat_database) AS commits`,
-        );
-        const active = Number(activity.rows[0].active);
-        if (active > 0) lastActive = Date.now();
-        const status = compute.status();
+        const figures = await compute.activity();
         return {
-          activeConnections: active,
-          idleSeconds: (Date.now() - lastActive) / 1000,
-          cpuSeconds: process.cpuUsage().user / 1e6,
-          memoryBytes: BigInt(process.memoryUsage().rss),
-          walBytes: status.receivedLsn - compute.proposer.termStartLsn,
-          transactions: BigInt(activity.rows[0].commits),
+          activeConnections: figures.activeConnections,
+          idleSeconds: figures.idleSeconds,
+          cpuSeconds: figures.cpuSeconds,
+          memoryBytes: figures.memoryBytes,
+          walBytes: figures.walBytes,
+          transactions: figures.transactions,
         };
-      } finally {
-        await client.end();
+      } catch (error) {
+        throw refusal(error);
+      }
+    },
+
+    async applyRoles(request, context) {
+      const changes = roleChangesFromRequest(request);
+      context.log.info({ upsert: changes.upsert.map((role) => role.roleName), drop: changes.drop }, 'ApplyRoles');
+      try {
+        const applied = await compute.applyRoles(changes);
+        return { createdRoleNames: applied.created, updatedRoleNames: applied.updated, droppedRoleNames: applied.dropped };
+      } catch (error) {
+        throw refusal(error);
       }
     },
   };

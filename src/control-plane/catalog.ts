@@ -22,11 +22,16 @@
  * |                                    |        | defaultEndpointSettings (JSON), defaultBranchId, createdAt, deleting (0/1) |
  * | `project:<pj>:branches`            | set    | the project's branch (timeline) ids                              |
  * | `project:<pj>:endpoints`           | set    | the project's endpoint ids                                       |
- * | `branch:<tl>`                      | hash   | branchId, projectId, name, parentBranchId, parentLsn, isDefault, createdAt |
+ * | `project:<pj>:branch-names`        | hash   | branch name → branch id (unique within a project)                |
+ * | `endpoints`                        | set    | every endpoint id (what the reconciler walks)                    |
+ * | `branch:<tl>`                      | hash   | branchId, projectId, name, parentBranchId, parentLsn, isDefault, createdAt, |
+ * |                                    |        | deleting (0/1)                                                   |
  * | `branch:<tl>:roles`                | hash   | role name → role id                                              |
  * | `endpoint:<ep>`                    | hash   | endpointId, projectId, branchId, settings (JSON), state, stateReason, |
  * |                                    |        | stateChangedAt, currentComputeId, writerTerm, postgresAddress     |
- * |                                    |        | (set while RUNNING), createdAt                                    |
+ * |                                    |        | (set while RUNNING), createdAt, lastActivityAt and               |
+ * |                                    |        | activityReportedAt, activeConnections (the current compute's     |
+ * |                                    |        | last activity report)                                             |
  * | `role:<rl>`                        | hash   | roleId, branchId, name, scramVerifier, createdAt                 |
  *
  * Writer leases and terms live next to these, owned by leases.ts.
@@ -72,6 +77,8 @@ const keys = {
   projectEndpoints: (projectId: string) => `project:${projectId}:endpoints`,
   branch: (branchId: string) => `branch:${branchId}`,
   branchRoles: (branchId: string) => `branch:${branchId}:roles`,
+  projectBranchNames: (projectId: string) => `project:${projectId}:branch-names`,
+  endpoints: () => 'endpoints',
   endpoint: (endpointId: string) => `endpoint:${endpointId}`,
   role: (roleId: string) => `role:${roleId}`,
 };
@@ -136,10 +143,10 @@ end
 return 0`,
   },
   // KEYS: tenant, tenant project-names, tenant projects, project, project branches, branch, project endpoints,
-  // endpoint, branch roles, role. ARGV: name, projectId, createdAt, project JSON, branchId, branch JSON,
-  // endpointId, endpoint JSON, role name, roleId, role JSON.
+  // endpoint, branch roles, role, project branch-names, endpoints. ARGV: name, projectId, createdAt, project JSON,
+  // branchId, branch JSON, endpointId, endpoint JSON, role name, roleId, role JSON, branch name.
   spg99CreateProject: {
-    keys: 10,
+    keys: 12,
     lua: `${LUA_HELPERS}
 local project = decode(ARGV[4])
 local branch = decode(ARGV[6])
@@ -157,6 +164,8 @@ redis.call('SADD', KEYS[7], ARGV[7])
 put(KEYS[8], endpoint)
 redis.call('HSET', KEYS[9], ARGV[9], ARGV[10])
 put(KEYS[10], role)
+redis.call('HSET', KEYS[11], ARGV[12], ARGV[5])
+redis.call('SADD', KEYS[12], ARGV[7])
 return {'created'}`,
   },
   // KEYS: project, project endpoints. ARGV: tenantId, key prefix.
@@ -173,10 +182,11 @@ end
 redis.call('HSET', KEYS[1], 'deleting', '1')
 return {'ok'}`,
   },
-  // KEYS: project, tenant project-names, tenant projects, project branches, project endpoints.
-  // ARGV: tenantId, projectId, key prefix. Removes a deleting project and everything of it; 0 when it is gone.
+  // KEYS: project, tenant project-names, tenant projects, project branches, project endpoints, project
+  // branch-names, endpoints. ARGV: tenantId, projectId, key prefix. Removes a deleting project and everything of it;
+  // 0 when it is gone.
   spg99FinishDeleteProject: {
-    keys: 5,
+    keys: 7,
     lua: `
 if redis.call('HGET', KEYS[1], 'tenantId') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'deleting') ~= '1' then return redis.error_reply('project ' .. ARGV[2] .. ' is not being deleted') end
@@ -186,11 +196,14 @@ for _, branchId in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   for _, roleId in ipairs(redis.call('HVALS', roles)) do redis.call('DEL', prefix .. 'role:' .. roleId) end
   redis.call('DEL', roles, prefix .. 'branch:' .. branchId)
 end
-for _, endpointId in ipairs(redis.call('SMEMBERS', KEYS[5])) do redis.call('DEL', prefix .. 'endpoint:' .. endpointId) end
+for _, endpointId in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  redis.call('DEL', prefix .. 'endpoint:' .. endpointId)
+  redis.call('SREM', KEYS[7], endpointId)
+end
 local name = redis.call('HGET', KEYS[1], 'name')
 if redis.call('HGET', KEYS[2], name) == ARGV[2] then redis.call('HDEL', KEYS[2], name) end
 redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[6])
 return 1`,
   },
   // KEYS: endpoint. ARGV: allowed states (comma-separated), expected currentComputeId ('' : any), fields JSON.
@@ -216,6 +229,166 @@ put(KEYS[1], fields)
 local all = redis.call('HGETALL', KEYS[1])
 table.insert(all, 1, 'ok')
 return all`,
+  },
+  // KEYS: project, project branches, project branch-names, branch, parent branch, branch roles, project endpoints,
+  // endpoint, endpoints. ARGV: tenantId, branch name, branchId, branch JSON, roles JSON ([{roleId, name, fields}]),
+  // endpointId ('' : none), endpoint JSON, key prefix.
+  // Answers {'created'}, {'no-project'}, {'no-parent'} or {'exists', id of the branch with that name}.
+  spg99CreateBranch: {
+    keys: 9,
+    lua: `${LUA_HELPERS}
+local branch = decode(ARGV[4])
+local roles = decode(ARGV[5])
+local endpoint = nil
+if ARGV[6] ~= '' then endpoint = decode(ARGV[7]) end
+local project = redis.call('HMGET', KEYS[1], 'tenantId', 'deleting')
+if project[1] ~= ARGV[1] or project[2] == '1' then return {'no-project'} end
+local parent = redis.call('HMGET', KEYS[5], 'projectId', 'deleting')
+if parent[1] ~= branch.projectId or parent[2] == '1' then return {'no-parent'} end
+local existing = redis.call('HGET', KEYS[3], ARGV[2])
+if existing then return {'exists', existing} end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[3])
+put(KEYS[4], branch)
+for _, role in ipairs(roles) do
+  redis.call('HSET', KEYS[6], role.name, role.roleId)
+  put(ARGV[8] .. 'role:' .. role.roleId, role.fields)
+end
+if endpoint then
+  redis.call('SADD', KEYS[7], ARGV[6])
+  put(KEYS[8], endpoint)
+  redis.call('SADD', KEYS[9], ARGV[6])
+end
+return {'created'}`,
+  },
+  // KEYS: project, project branches, branch, project endpoints. ARGV: tenantId, branchId, key prefix.
+  // Marks a branch deleting when nothing stands in the way. Answers {'ok'}, {'default'}, {'children', childId},
+  // {'busy', endpointId, state} or {'missing'}.
+  spg99BeginDeleteBranch: {
+    keys: 4,
+    lua: `
+local project = redis.call('HMGET', KEYS[1], 'tenantId', 'deleting')
+if project[1] ~= ARGV[1] or project[2] == '1' then return {'missing'} end
+local branch = redis.call('HMGET', KEYS[3], 'projectId', 'isDefault')
+if not branch[1] then return {'missing'} end
+if branch[2] == '1' then return {'default'} end
+for _, otherId in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local other = ARGV[3] .. 'branch:' .. otherId
+  if redis.call('HGET', other, 'parentBranchId') == ARGV[2] and redis.call('HGET', other, 'deleting') ~= '1' then
+    return {'children', otherId}
+  end
+end
+for _, endpointId in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  local endpoint = redis.call('HMGET', ARGV[3] .. 'endpoint:' .. endpointId, 'branchId', 'state')
+  if endpoint[1] == ARGV[2] and endpoint[2] ~= 'stopped' and endpoint[2] ~= 'failed' then return {'busy', endpointId, endpoint[2]} end
+end
+redis.call('HSET', KEYS[3], 'deleting', '1')
+return {'ok'}`,
+  },
+  // KEYS: branch, project branches, project branch-names, branch roles, project endpoints, endpoints.
+  // ARGV: branchId, key prefix. Removes a deleting branch with its roles and endpoints; 0 when it is gone.
+  spg99FinishDeleteBranch: {
+    keys: 6,
+    lua: `
+if redis.call('HGET', KEYS[1], 'deleting') ~= '1' then return 0 end
+local prefix = ARGV[2]
+for _, roleId in ipairs(redis.call('HVALS', KEYS[4])) do redis.call('DEL', prefix .. 'role:' .. roleId) end
+for _, endpointId in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  local key = prefix .. 'endpoint:' .. endpointId
+  if redis.call('HGET', key, 'branchId') == ARGV[1] then
+    redis.call('DEL', key)
+    redis.call('SREM', KEYS[5], endpointId)
+    redis.call('SREM', KEYS[6], endpointId)
+  end
+end
+local name = redis.call('HGET', KEYS[1], 'name')
+if redis.call('HGET', KEYS[3], name) == ARGV[1] then redis.call('HDEL', KEYS[3], name) end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[4])
+return 1`,
+  },
+  // KEYS: project, project endpoints, endpoint, endpoints, branch. ARGV: tenantId, endpointId, endpoint JSON,
+  // branchId, key prefix. Answers {'created'}, {'no-project'}, {'no-branch'} or {'exists', endpointId}: a branch
+  // has at most one endpoint, as a timeline has at most one writer.
+  spg99CreateEndpoint: {
+    keys: 5,
+    lua: `${LUA_HELPERS}
+local endpoint = decode(ARGV[3])
+local project = redis.call('HMGET', KEYS[1], 'tenantId', 'deleting')
+if project[1] ~= ARGV[1] or project[2] == '1' then return {'no-project'} end
+local branch = redis.call('HMGET', KEYS[5], 'projectId', 'deleting')
+if branch[1] ~= endpoint.projectId or branch[2] == '1' then return {'no-branch'} end
+for _, otherId in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('HGET', ARGV[5] .. 'endpoint:' .. otherId, 'branchId') == ARGV[4] then return {'exists', otherId} end
+end
+redis.call('SADD', KEYS[2], ARGV[2])
+put(KEYS[3], endpoint)
+redis.call('SADD', KEYS[4], ARGV[2])
+return {'created'}`,
+  },
+  // KEYS: endpoint, project endpoints, endpoints. ARGV: endpointId. Deletes a STOPPED or FAILED endpoint.
+  // Answers {'deleted'}, {'missing'} or {'busy', state}.
+  spg99DeleteEndpoint: {
+    keys: 3,
+    lua: `
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing'} end
+if state ~= 'stopped' and state ~= 'failed' then return {'busy', state} end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return {'deleted'}`,
+  },
+  // KEYS: endpoint. ARGV: settings JSON. Answers the endpoint's fields, or nil when it is gone.
+  spg99SetEndpointSettings: {
+    keys: 1,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+redis.call('HSET', KEYS[1], 'settings', ARGV[1])
+return redis.call('HGETALL', KEYS[1])`,
+  },
+  // KEYS: endpoint. ARGV: computeId, lastActivityAt, reportedAt, activeConnections. Records the current compute's
+  // activity report.
+  // Answers 'ok', 'not-current' (the compute is not the endpoint's) or 'missing'.
+  spg99RecordActivity: {
+    keys: 1,
+    lua: `
+local current = redis.call('HMGET', KEYS[1], 'state', 'currentComputeId')
+if not current[1] then return 'missing' end
+if current[2] ~= ARGV[1] or current[1] == 'stopped' or current[1] == 'failed' then return 'not-current' end
+redis.call('HSET', KEYS[1], 'lastActivityAt', ARGV[2], 'activityReportedAt', ARGV[3], 'activeConnections', ARGV[4])
+return 'ok'`,
+  },
+  // KEYS: branch, branch roles, role. ARGV: name, roleId, role JSON. Answers {'created'}, {'no-branch'} or
+  // {'exists', roleId}.
+  spg99CreateRole: {
+    keys: 3,
+    lua: `${LUA_HELPERS}
+local role = decode(ARGV[3])
+local branch = redis.call('HMGET', KEYS[1], 'branchId', 'deleting')
+if not branch[1] or branch[2] == '1' then return {'no-branch'} end
+local existing = redis.call('HGET', KEYS[2], ARGV[1])
+if existing then return {'exists', existing} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+put(KEYS[3], role)
+return {'created'}`,
+  },
+  // KEYS: role. ARGV: verifier. Answers 1, or 0 when the role is gone.
+  spg99SetRoleVerifier: {
+    keys: 1,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'scramVerifier', ARGV[1])
+return 1`,
+  },
+  // KEYS: role, branch roles. ARGV: role name, roleId. Answers 1, or 0 when the role was gone.
+  spg99DeleteRole: {
+    keys: 2,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+redis.call('DEL', KEYS[1])
+return 1`,
   },
 } as const;
 
@@ -365,6 +538,8 @@ export class Catalog {
         keys.endpoint(endpoint.endpointId),
         keys.branchRoles(branch.branchId),
         keys.role(role.roleId),
+        keys.projectBranchNames(projectId),
+        keys.endpoints(),
       ],
       [
         project.name,
@@ -378,6 +553,7 @@ export class Catalog {
         role.name,
         role.roleId,
         JSON.stringify(encodeRole(role)),
+        branch.name,
       ],
     )) as string[];
     if (result[0] === 'created') return { created: true };
@@ -442,6 +618,167 @@ export class Catalog {
     return records.sort((a, b) => a.createdAt - b.createdAt || a.endpointId.localeCompare(b.endpointId));
   }
 
+  // ---- Branches ----
+
+  /** A branch by id, deleting or not, or null. The caller checks that its project is the tenant's. */
+  async getBranch(branchId: string): Promise<BranchRecord | null> {
+    const fields = await this.hash(keys.branch(branchId));
+    return fields && decodeBranch(fields);
+  }
+
+  /**
+   * Creates a branch with copies of roles (and, optionally, its endpoint) in one step. `no-project` when the project
+   * is not the tenant's or is being deleted; `no-parent` when the parent branch is gone; `exists` when the project
+   * has a branch of that name.
+   */
+  async createBranch(
+    tenantId: string,
+    branch: BranchRecord,
+    roles: RoleRecord[],
+    endpoint: EndpointRecord | null,
+  ): Promise<{ outcome: 'created' | 'no-project' | 'no-parent' } | { outcome: 'exists'; existingId: string }> {
+    const { projectId, branchId } = branch;
+    const result = (await this.run(
+      'spg99CreateBranch',
+      [
+        keys.project(projectId),
+        keys.projectBranches(projectId),
+        keys.projectBranchNames(projectId),
+        keys.branch(branchId),
+        keys.branch(branch.parentBranchId),
+        keys.branchRoles(branchId),
+        keys.projectEndpoints(projectId),
+        keys.endpoint(endpoint?.endpointId ?? '-'),
+        keys.endpoints(),
+      ],
+      [
+        tenantId,
+        branch.name,
+        branchId,
+        JSON.stringify(encodeBranch(branch)),
+        JSON.stringify(roles.map((role) => ({ roleId: role.roleId, name: role.name, fields: encodeRole(role) }))),
+        endpoint?.endpointId ?? '',
+        endpoint ? JSON.stringify(encodeEndpoint(endpoint)) : '',
+        KEY_PREFIX,
+      ],
+    )) as string[];
+    if (result[0] === 'exists') return { outcome: 'exists', existingId: result[1] };
+    return { outcome: result[0] as 'created' | 'no-project' | 'no-parent' };
+  }
+
+  /**
+   * Marks a branch deleting (it disappears from the API) unless it is the default branch, has live children or an
+   * endpoint with a compute.
+   */
+  async beginDeleteBranch(
+    tenantId: string,
+    branch: BranchRecord,
+  ): Promise<{ outcome: 'ok' | 'default' | 'missing' } | { outcome: 'children'; childId: string } | { outcome: 'busy'; endpointId: string; state: EndpointStateName }> {
+    const result = (await this.run(
+      'spg99BeginDeleteBranch',
+      [keys.project(branch.projectId), keys.projectBranches(branch.projectId), keys.branch(branch.branchId), keys.projectEndpoints(branch.projectId)],
+      [tenantId, branch.branchId, KEY_PREFIX],
+    )) as string[];
+    if (result[0] === 'children') return { outcome: 'children', childId: result[1] };
+    if (result[0] === 'busy') return { outcome: 'busy', endpointId: result[1], state: result[2] as EndpointStateName };
+    return { outcome: result[0] as 'ok' | 'default' | 'missing' };
+  }
+
+  /** Removes a deleting branch with its roles and endpoints; false when it was gone already. */
+  async finishDeleteBranch(branch: BranchRecord): Promise<boolean> {
+    const { projectId, branchId } = branch;
+    const removed = await this.run(
+      'spg99FinishDeleteBranch',
+      [keys.branch(branchId), keys.projectBranches(projectId), keys.projectBranchNames(projectId), keys.branchRoles(branchId), keys.projectEndpoints(projectId), keys.endpoints()],
+      [branchId, KEY_PREFIX],
+    );
+    return removed === 1;
+  }
+
+  // ---- Endpoints ----
+
+  /** Every endpoint id (for the reconciler). */
+  async listAllEndpointIds(): Promise<string[]> {
+    return this.redis.smembers(KEY_PREFIX + keys.endpoints());
+  }
+
+  /** Creates an endpoint on a branch that has none. */
+  async createEndpoint(
+    tenantId: string,
+    endpoint: EndpointRecord,
+  ): Promise<{ outcome: 'created' | 'no-project' | 'no-branch' } | { outcome: 'exists'; existingId: string }> {
+    const { projectId, endpointId } = endpoint;
+    const result = (await this.run(
+      'spg99CreateEndpoint',
+      [keys.project(projectId), keys.projectEndpoints(projectId), keys.endpoint(endpointId), keys.endpoints(), keys.branch(endpoint.branchId)],
+      [tenantId, endpointId, JSON.stringify(encodeEndpoint(endpoint)), endpoint.branchId, KEY_PREFIX],
+    )) as string[];
+    if (result[0] === 'exists') return { outcome: 'exists', existingId: result[1] };
+    return { outcome: result[0] as 'created' | 'no-project' | 'no-branch' };
+  }
+
+  /** Deletes a STOPPED or FAILED endpoint. */
+  async deleteEndpoint(endpoint: EndpointRecord): Promise<{ outcome: 'deleted' | 'missing' } | { outcome: 'busy'; state: EndpointStateName }> {
+    const result = (await this.run(
+      'spg99DeleteEndpoint',
+      [keys.endpoint(endpoint.endpointId), keys.projectEndpoints(endpoint.projectId), keys.endpoints()],
+      [endpoint.endpointId],
+    )) as string[];
+    if (result[0] === 'busy') return { outcome: 'busy', state: result[1] as EndpointStateName };
+    return { outcome: result[0] as 'deleted' | 'missing' };
+  }
+
+  /** Replaces an endpoint's settings; null when it is gone. */
+  async setEndpointSettings(endpointId: string, settings: EndpointSettingsRecord): Promise<EndpointRecord | null> {
+    const flat = (await this.run('spg99SetEndpointSettings', [keys.endpoint(endpointId)], [JSON.stringify(settings)])) as string[] | null;
+    return flat ? decodeEndpoint(pairsToObject(flat)) : null;
+  }
+
+  /** Records an activity report of `computeId`, unless it is not (or no longer) the endpoint's compute. */
+  async recordActivity(
+    endpointId: string,
+    computeId: string,
+    report: { lastActivityAt: number; reportedAt: number; activeConnections: number },
+  ): Promise<'ok' | 'not-current' | 'missing'> {
+    const args = [computeId, report.lastActivityAt, report.reportedAt, report.activeConnections];
+    return (await this.run('spg99RecordActivity', [keys.endpoint(endpointId)], args)) as 'ok' | 'not-current' | 'missing';
+  }
+
+  // ---- Roles ----
+
+  /** A role by id, or null. */
+  async getRole(roleId: string): Promise<RoleRecord | null> {
+    const fields = await this.hash(keys.role(roleId));
+    return fields && decodeRole(fields);
+  }
+
+  /** A role of a branch by its Postgres name, or null. */
+  async roleByName(branchId: string, name: string): Promise<RoleRecord | null> {
+    const roleId = await this.redis.hget(KEY_PREFIX + keys.branchRoles(branchId), name);
+    return roleId ? this.getRole(roleId) : null;
+  }
+
+  /** Creates a role unless the branch has one of that name (or is gone). */
+  async createRole(role: RoleRecord): Promise<{ outcome: 'created' | 'no-branch' } | { outcome: 'exists'; existingId: string }> {
+    const result = (await this.run(
+      'spg99CreateRole',
+      [keys.branch(role.branchId), keys.branchRoles(role.branchId), keys.role(role.roleId)],
+      [role.name, role.roleId, JSON.stringify(encodeRole(role))],
+    )) as string[];
+    if (result[0] === 'exists') return { outcome: 'exists', existingId: result[1] };
+    return { outcome: result[0] as 'created' | 'no-branch' };
+  }
+
+  /** Replaces a role's verifier; false when the role is gone. */
+  async setRoleVerifier(roleId: string, scramVerifier: string): Promise<boolean> {
+    return (await this.run('spg99SetRoleVerifier', [keys.role(roleId)], [scramVerifier])) === 1;
+  }
+
+  /** Deletes a role; false when it was gone. */
+  async deleteRole(role: RoleRecord): Promise<boolean> {
+    return (await this.run('spg99DeleteRole', [keys.role(role.roleId), keys.branchRoles(role.branchId)], [role.name, role.roleId])) === 1;
+  }
+
   /** Marks the tenant's project deleting (it disappears from the API) unless one of its endpoints has a compute. */
   async beginDeleteProject(tenantId: string, projectId: string): Promise<BeginDeleteOutcome> {
     const result = (await this.run('spg99BeginDeleteProject', [keys.project(projectId), keys.projectEndpoints(projectId)], [tenantId, KEY_PREFIX])) as
@@ -462,6 +799,8 @@ export class Catalog {
         keys.tenantProjects(tenantId),
         keys.projectBranches(projectId),
         keys.projectEndpoints(projectId),
+        keys.projectBranchNames(projectId),
+        keys.endpoints(),
       ],
       [tenantId, projectId, KEY_PREFIX],
     );
@@ -550,6 +889,7 @@ function encodeBranch(record: BranchRecord): Record<string, string> {
     parentLsn: record.parentLsn.toString(),
     isDefault: record.isDefault ? '1' : '0',
     createdAt: String(record.createdAt),
+    deleting: record.deleting ? '1' : '0',
   };
 }
 
@@ -562,6 +902,7 @@ function decodeBranch(fields: Record<string, string>): BranchRecord {
     parentLsn: BigInt(fields.parentLsn),
     isDefault: fields.isDefault === '1',
     createdAt: Number(fields.createdAt),
+    deleting: fields.deleting === '1',
   };
 }
 
@@ -594,6 +935,9 @@ function decodeEndpoint(fields: Record<string, string>): EndpointRecord {
     writerTerm: BigInt(fields.writerTerm),
     postgresAddress: fields.postgresAddress ?? '',
     createdAt: Number(fields.createdAt),
+    lastActivityAt: Number(fields.lastActivityAt ?? 0),
+    activityReportedAt: Number(fields.activityReportedAt ?? 0),
+    activeConnections: Number(fields.activeConnections ?? 0),
   };
 }
 

@@ -1,16 +1,17 @@
 /**
- * ControlPlaneInternalService, for the platform's own components (agent, gateway, provisioner). Writer leases are
- * served (src/control-plane/leases.ts keeps them in Redis, keyed by the endpoint's timeline); endpoint routing and
- * wake-up, activity reports and handoffs come with the endpoint lifecycle and answer UNIMPLEMENTED until then.
+ * ControlPlaneInternalService, for the platform's own components (agent, gateway, provisioner): writer leases
+ * (src/control-plane/leases.ts keeps them in Redis, keyed by the endpoint's timeline), endpoint routing and wake-up,
+ * role verifiers for the gateway, and the computes' activity and state reports that drive the lifecycle. Handoffs
+ * come with the autoscaler and answer UNIMPLEMENTED until then.
  */
 import type { ControlPlaneInternalServiceImplementation } from '../../gen/spg99/controlplane/v1/controlplane.js';
-import { invalidArgument, notFound, ServerError, Status } from '../lib/grpc/errors.js';
+import { aborted, invalidArgument, notFound, ServerError, Status } from '../lib/grpc/errors.js';
 import type { WriterLease as WriterLeaseMessage } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import type { Duration } from '../../gen/google/protobuf/duration.js';
 import type { Catalog } from './catalog.js';
 import type { WriterLease, WriterLeases } from './leases.js';
 import type { ServerContextExtension } from '../lib/grpc/server.js';
-import { PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import { ComputeStateChange, PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { wakeFailure, type EndpointLifecycle, requireLifecycle } from './lifecycle.js';
 import { endpointStateMessage, idArgument, type EndpointRecord } from './model.js';
 
@@ -107,9 +108,49 @@ export function controlPlaneInternalService(options: InternalServiceOptions): Co
         if (endpoint.state !== 'stopped' || Date.now() >= until || context.signal.aborted) throw wakeFailure(endpoint);
       }
     },
-    getRoleVerifier: later('GetRoleVerifier', 'roles'),
-    reportComputeActivity: later('ReportComputeActivity', 'activity reports and scale to zero'),
-    reportComputeState: later('ReportComputeState', 'compute lifecycle reports'),
+    async getRoleVerifier(request) {
+      const endpoint = await endpointOf(request.endpointId);
+      if (!request.roleName) throw invalidArgument('role_name is required: the Postgres role the client connects as');
+      const role = await catalog.roleByName(endpoint.branchId, request.roleName);
+      if (!role) throw notFound(`endpoint ${endpoint.endpointId} has no role ${JSON.stringify(request.roleName.slice(0, 80))}`);
+      return { scramVerifier: role.scramVerifier };
+    },
+    async reportComputeActivity(request) {
+      const endpoint = await endpointOf(request.endpointId);
+      if (!request.computeId) throw invalidArgument('compute_id is required: the reporting compute (cp-…)');
+      if (!Number.isFinite(request.idleSeconds) || request.idleSeconds < 0) {
+        throw invalidArgument(`idle_seconds ${request.idleSeconds} is not a duration: seconds since the last client activity, 0 or more`);
+      }
+      // Measured here, not with the agent's clock: the report says how long ago the last client left.
+      const reportedAt = Date.now();
+      const lastActivityAt = request.activeConnections > 0 ? reportedAt : reportedAt - Math.round(request.idleSeconds * 1000);
+      const outcome = await catalog.recordActivity(endpoint.endpointId, request.computeId, { lastActivityAt, reportedAt, activeConnections: request.activeConnections });
+      if (outcome === 'missing') throw notFound(`endpoint ${endpoint.endpointId} does not exist`);
+      if (outcome === 'not-current') {
+        throw aborted(`compute ${request.computeId} is not the writer of endpoint ${endpoint.endpointId} (its compute is ${endpoint.currentComputeId || 'none'}): stop its Postgres`);
+      }
+      return {};
+    },
+    async reportComputeState(request, context) {
+      const endpoint = await endpointOf(request.endpointId);
+      if (!request.computeId) throw invalidArgument('compute_id is required: the reporting compute (cp-…)');
+      const lifecycle = options.lifecycle;
+      // Reports about a compute the endpoint no longer runs change nothing.
+      if (!lifecycle || endpoint.currentComputeId !== request.computeId) return {};
+      switch (request.change) {
+        case ComputeStateChange.COMPUTE_STATE_CHANGE_STARTED:
+          if (!request.postgresAddress) throw invalidArgument('postgres_address is required with STARTED: host:port where Postgres accepts connections');
+          context.log.info({ computeId: request.computeId, phases: request.startPhaseSeconds }, 'compute reports started');
+          await lifecycle.computeStarted(endpoint.endpointId, request.computeId, request.postgresAddress);
+          return {};
+        case ComputeStateChange.COMPUTE_STATE_CHANGE_STOPPED:
+        case ComputeStateChange.COMPUTE_STATE_CHANGE_FAILED:
+          await lifecycle.computeGone(endpoint.endpointId, request.computeId, request.reason || ComputeStateChange[request.change]);
+          return {};
+        default:
+          throw invalidArgument(`change ${request.change} is unknown: use STARTED, STOPPED or FAILED`);
+      }
+    },
     requestHandoff: later('RequestHandoff', 'handoffs'),
     getHandoff: later('GetHandoff', 'handoffs'),
   };

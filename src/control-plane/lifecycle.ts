@@ -1,30 +1,52 @@
 /**
  * The endpoint lifecycle: `stopped → starting → running → suspending → stopped`, and `failed`, driven by StartEndpoint,
- * StopEndpoint and WakeEndpoint. Every state change is one atomic catalog transition from the states it is allowed
- * from, so two concurrent starts produce exactly one compute: only the caller whose transition to STARTING applied
- * goes on to provision.
+ * StopEndpoint, WakeEndpoint, the computes' reports and a reconciler. Every state change is one atomic catalog
+ * transition from the states it is allowed from (and, where it matters, only while a given compute is the endpoint's
+ * current one), so two concurrent starts produce exactly one compute: only the caller whose transition to STARTING
+ * applied goes on to provision.
  *
- * A start: STOPPED/FAILED → STARTING (a new compute id `cp-…`), the timeline created on every safekeeper (ALREADY_EXISTS
- * is fine) and its WAL source set on the pageserver, a writer lease acquired for the compute (a new, higher term),
- * EnsureCompute on the provisioner with the spec, then RUNNING with the Postgres address once the provisioner reports
- * the compute RUNNING. A stop: RUNNING → SUSPENDING, StopCompute (graceful), the lease released with the final LSN,
- * STOPPED. A failure records FAILED with the reason, kills what was started and releases the lease.
+ * A start: STOPPED/FAILED → STARTING (a new compute id `cp-…` recorded first), the timeline created on every
+ * safekeeper (ALREADY_EXISTS is fine) and its WAL source set on the pageserver, any other compute still holding the
+ * timeline's lease killed and its lease released (the endpoint wants only its current compute), a writer lease
+ * acquired for the compute (a new, higher term), EnsureCompute on the provisioner with the spec, then RUNNING with
+ * the Postgres address once the agent reports STARTED or the provisioner reports the compute RUNNING. A stop: RUNNING
+ * → SUSPENDING, StopCompute (graceful), the lease released with the final LSN, STOPPED. A failed start records
+ * FAILED with the reason, kills what was started and releases the lease.
  *
- * Limits of this slice: the lease is granted with a long ttl ({@link EndpointLifecycleOptions.leaseTtlMs}) because
- * nothing renews it yet (no renewal loop in the agent or here); the start and stop run inside this process after the
- * answer, so a control plane restarted in the middle leaves the endpoint STARTING or SUSPENDING (no convergence yet).
+ * Every step of a start is idempotent for the same compute id (the lease of the same compute is answered again,
+ * EnsureCompute with the same spec is answered unchanged), so the reconciler resumes a STARTING endpoint that no
+ * start in this process is driving (the control plane was restarted in the middle): it converges on the compute
+ * recorded, never a second one. A SUSPENDING endpoint is resumed the same way.
+ *
+ * The reconciler also keeps RUNNING endpoints honest: it suspends an endpoint whose compute reported no client
+ * connection for the endpoint's suspend timeout (scale to zero), and replaces a compute that died (the provisioner
+ * reports it FAILED, STOPPED or forgot it) or whose writer lease expired without renewal (a hung or partitioned
+ * agent): a new compute with a higher term takes over, which fences the old writer on the safekeepers.
+ *
+ * One control plane drives the lifecycle at a time (the local platform runs one); several would need a claim on each
+ * endpoint's work, which the catalog does not have yet.
  */
 import type { ComputeSpec, ProvisionerServiceDefinition } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import { ComputeState, StopMode } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import type { SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import type { TimelineServiceDefinition } from '../../gen/spg99/pageserver/v1/pageserver.js';
 import type { SpgClient } from '../lib/grpc/client.js';
-import { failedPrecondition, hasStatus, ServerError, Status, unavailable } from '../lib/grpc/errors.js';
+import { ClientError, failedPrecondition, hasStatus, ServerError, Status, unavailable } from '../lib/grpc/errors.js';
 import type { Logger } from '../lib/log.js';
+import { counter, gauge } from '../lib/metrics.js';
 import type { Catalog } from './catalog.js';
 import { newId } from './ids.js';
 import type { WriterLeases } from './leases.js';
-import type { EndpointRecord } from './model.js';
+import type { EndpointRecord, EndpointStateName } from './model.js';
+
+/** A role as a compute is given it. */
+export interface RoleVerifierSpec {
+  roleName: string;
+  scramVerifier: string;
+}
+
+/** Applies role changes to a running compute's Postgres through its agent (ComputeService.ApplyRoles). */
+export type RoleApplier = (agentAddress: string, change: { upsert: RoleVerifierSpec[]; drop: string[] }, deadline: Date) => Promise<void>;
 
 export interface EndpointLifecycleOptions {
   catalog: Catalog;
@@ -33,49 +55,89 @@ export interface EndpointLifecycleOptions {
   pageserver: SpgClient<typeof TimelineServiceDefinition>;
   pageserverAddress: string;
   safekeepers: Array<{ address: string; client: SpgClient<typeof SafekeeperServiceDefinition> }>;
-  /** host:port of this control plane's internal service, handed to computes; empty when unknown. */
+  /** host:port of this control plane's internal service, handed to computes (lease renewal, reports). */
   controlPlaneAddress: string;
+  /** Applies role changes to running computes; without it role changes wait for the next start. */
+  roleApplier?: RoleApplier;
   log: Logger;
-  /** The writer lease's ttl: long, as nothing renews it in this version. */
+  /** The writer lease's ttl: the agent renews it; one not renewed for this long is taken over. */
   leaseTtlMs: number;
   /** A compute not RUNNING after this long fails the start. */
   startTimeoutMs?: number;
+  /** How often the reconciler walks the endpoints (default 1 s). */
+  reconcileIntervalMs?: number;
+  /** Activity reports older than this are not trusted to suspend an endpoint (default 60 s). */
+  activityStaleMs?: number;
   now?: () => number;
 }
 
 const CALL_TIMEOUT_MS = 60_000;
 const POLL_INTERVAL_MS = 200;
+const DEFAULT_RECONCILE_INTERVAL_MS = 1_000;
+const DEFAULT_ACTIVITY_STALE_MS = 60_000;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+const transitionsTotal = counter('spg99_control_plane_endpoint_transitions_total', 'Endpoint state changes made by the lifecycle', ['to']);
+const replacementsTotal = counter('spg99_control_plane_compute_replacements_total', 'Computes replaced under a higher term', ['cause']);
+const endpointsGauge = gauge('spg99_control_plane_endpoints', 'Endpoints by state, as the reconciler last saw them', ['state']);
 
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+function seconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10}s`;
+}
+
 export class EndpointLifecycle {
   private readonly now: () => number;
   private readonly startTimeoutMs: number;
+  private readonly reconcileIntervalMs: number;
+  private readonly activityStaleMs: number;
   /** Starts and stops running in this process (so that tests and shutdown can wait for them). */
   private readonly running = new Set<Promise<void>>();
+  /** Endpoints whose start or stop this process drives now: the reconciler leaves them alone. */
+  private readonly driving = new Set<string>();
+  /** Expired leases are not acted on until a lease ttl after this process began (agents could not renew while it was down). */
+  private readonly graceUntil: number;
+  private reconciler: { stop: () => Promise<void> } | null = null;
+  private controlPlaneAddress: string;
 
   constructor(private readonly options: EndpointLifecycleOptions) {
     this.now = options.now ?? Date.now;
     this.startTimeoutMs = options.startTimeoutMs ?? 180_000;
+    this.reconcileIntervalMs = options.reconcileIntervalMs ?? DEFAULT_RECONCILE_INTERVAL_MS;
+    this.activityStaleMs = options.activityStaleMs ?? DEFAULT_ACTIVITY_STALE_MS;
+    this.controlPlaneAddress = options.controlPlaneAddress;
+    this.graceUntil = Date.now() + options.leaseTtlMs;
+  }
+
+  /** Sets the address computes reach this control plane at (known once it listens). */
+  setControlPlaneAddress(address: string): void {
+    this.controlPlaneAddress = address;
   }
 
   private deadline(ms = CALL_TIMEOUT_MS): { deadline: Date } {
     return { deadline: new Date(Date.now() + ms) };
   }
 
-  private track(work: Promise<void>): void {
-    this.running.add(work);
-    void work.finally(() => this.running.delete(work));
+  /** Runs `work` for an endpoint in the background, marked as driven by this process. */
+  private drive(endpointId: string, work: () => Promise<void>): void {
+    this.driving.add(endpointId);
+    const promise = work().finally(() => {
+      this.driving.delete(endpointId);
+      this.running.delete(promise);
+    });
+    this.running.add(promise);
   }
 
   /** Waits for the starts and stops in progress (at shutdown). */
   async settle(): Promise<void> {
     await Promise.allSettled([...this.running]);
   }
+
+  // ---- Requests ----
 
   /**
    * Starts a STOPPED or FAILED endpoint and answers it STARTING; a STARTING, RUNNING or HANDOFF one is answered
@@ -97,8 +159,9 @@ export class EndpointLifecycle {
       }
       return outcome.endpoint;
     }
+    transitionsTotal.inc({ to: 'starting' });
     this.options.log.info({ endpointId: endpoint.endpointId, computeId }, 'endpoint starting');
-    this.track(this.runStart(outcome.endpoint, computeId));
+    this.drive(endpoint.endpointId, () => this.runStart(outcome.endpoint, computeId));
     return outcome.endpoint;
   }
 
@@ -112,8 +175,9 @@ export class EndpointLifecycle {
     });
     if (!outcome) throw failedPrecondition(`endpoint ${endpoint.endpointId} no longer exists`);
     if (outcome.applied) {
-      this.options.log.info({ endpointId: endpoint.endpointId, computeId: outcome.endpoint.currentComputeId }, 'endpoint stopping');
-      this.track(this.runStop(outcome.endpoint));
+      transitionsTotal.inc({ to: 'suspending' });
+      this.options.log.info({ endpointId: endpoint.endpointId, computeId: outcome.endpoint.currentComputeId, reason }, 'endpoint stopping');
+      this.drive(endpoint.endpointId, () => this.runStop(outcome.endpoint));
       return outcome.endpoint;
     }
     const current = outcome.endpoint;
@@ -134,8 +198,28 @@ export class EndpointLifecycle {
     return current;
   }
 
+  /**
+   * Replaces the RUNNING endpoint's compute `computeId` by a new one under a higher term (it died, or its lease
+   * expired). Answers false when the endpoint moved on already (another replacement, a stop).
+   */
+  async replace(endpoint: EndpointRecord, computeId: string, cause: 'died' | 'lease-expired' | 'reported', reason: string): Promise<boolean> {
+    const newComputeId = newId('compute');
+    const outcome = await this.options.catalog.transitionEndpoint(
+      endpoint.endpointId,
+      ['running'],
+      { state: 'starting', stateReason: `${reason}: replacing it with compute ${newComputeId}`, stateChangedAt: this.now(), currentComputeId: newComputeId, postgresAddress: '' },
+      computeId,
+    );
+    if (!outcome?.applied) return false;
+    replacementsTotal.inc({ cause });
+    transitionsTotal.inc({ to: 'starting' });
+    this.options.log.warn({ endpointId: endpoint.endpointId, oldComputeId: computeId, computeId: newComputeId, reason }, 'replacing the endpoint\'s compute');
+    this.drive(endpoint.endpointId, () => this.runStart(outcome.endpoint, newComputeId));
+    return true;
+  }
+
   /** Waits until the endpoint leaves `states` (or the deadline passes), answering it as it is then. */
-  async waitWhile(endpointId: string, states: string[], timeoutMs: number, signal?: AbortSignal): Promise<EndpointRecord> {
+  async waitWhile(endpointId: string, states: EndpointStateName[], timeoutMs: number, signal?: AbortSignal): Promise<EndpointRecord> {
     const until = Date.now() + timeoutMs;
     for (;;) {
       const endpoint = await this.options.catalog.getEndpoint(endpointId);
@@ -145,11 +229,197 @@ export class EndpointLifecycle {
     }
   }
 
+  // ---- Reports from computes ----
+
+  /** The agent says Postgres accepts connections: a STARTING endpoint running that compute becomes RUNNING. */
+  async computeStarted(endpointId: string, computeId: string, postgresAddress: string): Promise<void> {
+    const outcome = await this.options.catalog.transitionEndpoint(
+      endpointId,
+      ['starting'],
+      { state: 'running', stateReason: `compute ${computeId} running`, stateChangedAt: this.now(), postgresAddress },
+      computeId,
+    );
+    if (outcome?.applied) {
+      transitionsTotal.inc({ to: 'running' });
+      this.options.log.info({ endpointId, computeId, postgresAddress }, 'endpoint running (reported by its agent)');
+    }
+  }
+
+  /** The agent says its Postgres stopped or failed: a RUNNING endpoint gets a new compute. */
+  async computeGone(endpointId: string, computeId: string, reason: string): Promise<void> {
+    const endpoint = await this.options.catalog.getEndpoint(endpointId);
+    if (endpoint?.state !== 'running' || endpoint.currentComputeId !== computeId) return;
+    await this.replace(endpoint, computeId, 'reported', `compute ${computeId} reported it stopped (${reason})`);
+  }
+
+  /**
+   * Applies role changes to the compute running the branch's endpoint, if one runs; answers whether one did.
+   * UNAVAILABLE when it runs but could not be reached (the change is then not made: the caller undoes its catalog
+   * change); FAILED_PRECONDITION passes through (e.g. a role that still owns objects).
+   */
+  async applyRoles(branchEndpoints: EndpointRecord[], change: { upsert: RoleVerifierSpec[]; drop: string[] }): Promise<boolean> {
+    const endpoint = branchEndpoints.find((candidate) => candidate.state === 'running' || candidate.state === 'starting');
+    if (!endpoint) return false;
+    if (endpoint.state === 'starting') {
+      throw unavailable(`endpoint ${endpoint.endpointId} is starting: change its roles once it is RUNNING (retry in a few seconds)`);
+    }
+    if (!this.options.roleApplier) return false;
+    let agentAddress = '';
+    try {
+      const { compute } = await this.options.provisioner.describeCompute({ computeId: endpoint.currentComputeId }, this.deadline(10_000));
+      agentAddress = compute?.agentAddress ?? '';
+    } catch (error) {
+      throw unavailable(`could not find the compute of endpoint ${endpoint.endpointId}: ${message(error)}; retry`);
+    }
+    if (!agentAddress) throw unavailable(`the compute of endpoint ${endpoint.endpointId} has no agent address yet; retry`);
+    try {
+      await this.options.roleApplier(agentAddress, change, new Date(Date.now() + 30_000));
+    } catch (error) {
+      if (error instanceof ClientError && (error.code === Status.FAILED_PRECONDITION || error.code === Status.INVALID_ARGUMENT)) {
+        throw new ServerError(error.code, error.details);
+      }
+      throw unavailable(`could not apply the role change to the running endpoint ${endpoint.endpointId}: ${message(error)}; retry`);
+    }
+    return true;
+  }
+
+  /** The end of the committed WAL of a timeline: the highest commit LSN a safekeeper knows (0 when none answers). */
+  async committedLsn(timelineId: string): Promise<bigint> {
+    const answers = await Promise.allSettled(this.options.safekeepers.map((node) => node.client.getTimelineStatus({ timelineId }, this.deadline(5_000))));
+    let lsn = 0n;
+    for (const answer of answers) {
+      if (answer.status === 'fulfilled' && answer.value.status && answer.value.status.commitLsn > lsn) lsn = answer.value.status.commitLsn;
+    }
+    return lsn;
+  }
+
+  /** Deletes a timeline on every safekeeper (NOT_FOUND is fine); failures are logged, the WAL left behind is storage only. */
+  async deleteSafekeeperTimeline(timelineId: string): Promise<void> {
+    await Promise.all(
+      this.options.safekeepers.map(async (node) => {
+        try {
+          await node.client.deleteTimeline({ timelineId }, this.deadline(30_000));
+        } catch (error) {
+          if (!hasStatus(error, Status.NOT_FOUND)) this.options.log.warn({ timelineId, safekeeper: node.address, err: error }, 'could not delete the timeline on a safekeeper');
+        }
+      }),
+    );
+  }
+
+  // ---- The reconciler ----
+
+  /** Starts the reconciler loop (resumes interrupted starts and stops, suspends idle endpoints, replaces dead computes). */
+  startReconciler(): void {
+    if (this.reconciler) return;
+    const controller = new AbortController();
+    const loop = (async () => {
+      while (!controller.signal.aborted) {
+        try {
+          await this.reconcileOnce();
+        } catch (error) {
+          this.options.log.warn({ err: error }, 'reconciler pass failed; retrying');
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, this.reconcileIntervalMs);
+          controller.signal.addEventListener('abort', () => {
+            clearTimeout(timer);
+            resolve();
+          }, { once: true });
+        });
+      }
+    })();
+    this.reconciler = {
+      stop: async () => {
+        controller.abort();
+        await loop;
+      },
+    };
+  }
+
+  /** Stops the reconciler (the work it began keeps running; {@link settle} waits for it). */
+  async stopReconciler(): Promise<void> {
+    await this.reconciler?.stop();
+    this.reconciler = null;
+  }
+
+  /** One pass over every endpoint. */
+  async reconcileOnce(): Promise<void> {
+    const { catalog } = this.options;
+    const counts = new Map<string, number>();
+    for (const endpointId of await catalog.listAllEndpointIds()) {
+      const endpoint = await catalog.getEndpoint(endpointId);
+      if (!endpoint) continue;
+      counts.set(endpoint.state, (counts.get(endpoint.state) ?? 0) + 1);
+      if (this.driving.has(endpointId)) continue;
+      try {
+        await this.reconcileEndpoint(endpoint);
+      } catch (error) {
+        this.options.log.warn({ endpointId, err: error }, 'could not reconcile an endpoint; retrying');
+      }
+    }
+    for (const state of ['stopped', 'starting', 'running', 'suspending', 'handoff', 'failed']) endpointsGauge.set({ state }, counts.get(state) ?? 0);
+  }
+
+  private async reconcileEndpoint(endpoint: EndpointRecord): Promise<void> {
+    const { endpointId, currentComputeId: computeId } = endpoint;
+    switch (endpoint.state) {
+      case 'starting':
+        // No start in this process drives it: the control plane restarted during the start. Converge on its compute.
+        this.options.log.info({ endpointId, computeId }, 'resuming an interrupted start');
+        this.drive(endpointId, () => this.runStart(endpoint, computeId));
+        return;
+      case 'suspending':
+        this.options.log.info({ endpointId, computeId }, 'resuming an interrupted stop');
+        this.drive(endpointId, () => this.runStop(endpoint));
+        return;
+      case 'running':
+        await this.checkRunning(endpoint);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Suspends an idle RUNNING endpoint; replaces its compute when it died or stopped renewing its lease. */
+  private async checkRunning(endpoint: EndpointRecord): Promise<void> {
+    const computeId = endpoint.currentComputeId;
+    const now = this.now();
+    const timeoutMs = endpoint.settings.suspendTimeoutMs;
+    const reportedAt = endpoint.activityReportedAt ?? 0;
+    // Only a fresh report of this compute (made after it became RUNNING) says the endpoint is idle.
+    // A connected client in the latest report keeps it up, however long ago that report's activity began.
+    if (timeoutMs > 0 && reportedAt >= endpoint.stateChangedAt && now - reportedAt < this.activityStaleMs && (endpoint.activeConnections ?? 0) === 0) {
+      const idleSince = Math.max(endpoint.lastActivityAt ?? 0, endpoint.stateChangedAt);
+      if (now - idleSince >= timeoutMs) {
+        await this.stop(endpoint, `suspended: no client connection for ${seconds(now - idleSince)} (suspend timeout ${seconds(timeoutMs)})`);
+        return;
+      }
+    }
+    let compute;
+    try {
+      compute = (await this.options.provisioner.describeCompute({ computeId }, this.deadline(10_000))).compute;
+    } catch (error) {
+      if (!hasStatus(error, Status.NOT_FOUND)) return; // The provisioner is unreachable: nothing is known, nothing is done.
+    }
+    if (!compute || compute.state === ComputeState.COMPUTE_STATE_FAILED || compute.state === ComputeState.COMPUTE_STATE_STOPPED) {
+      const what = compute ? `${ComputeState[compute.state]}: ${compute.reason}` : 'unknown to the provisioner';
+      await this.replace(endpoint, computeId, 'died', `compute ${computeId} is ${what}`);
+      return;
+    }
+    if (Date.now() < this.graceUntil) return;
+    const state = await this.options.leases.get(endpoint.branchId);
+    const lease = state.lease;
+    if (lease && lease.computeId === computeId && lease.releasedAt === null && state.holder === null) {
+      await this.replace(endpoint, computeId, 'lease-expired', `the writer lease of compute ${computeId} (term ${lease.term}) expired at ${lease.expiresAt.toISOString()} without renewal`);
+    }
+  }
+
+  // ---- The work behind the transitions ----
+
   private async runStart(endpoint: EndpointRecord, computeId: string): Promise<void> {
     const { catalog, leases, log } = this.options;
     const { endpointId, branchId: timelineId } = endpoint;
     let term: bigint | null = null;
-    let ensured = false;
     try {
       const safekeeperAddresses = this.options.safekeepers.map((node) => node.address);
       await Promise.all(
@@ -166,6 +436,7 @@ export class EndpointLifecycle {
       } catch (error) {
         throw new Error(`setting the WAL source on the pageserver: ${message(error)}`);
       }
+      await this.displaceOtherWriter(endpointId, timelineId, computeId);
       const { lease } = await leases.acquire({ timelineId, computeId, ttlMs: this.options.leaseTtlMs });
       term = lease.term;
       const leased = await catalog.transitionEndpoint(
@@ -183,15 +454,20 @@ export class EndpointLifecycle {
         profile: { cpuMillis: endpoint.settings.profile.cpuMillis || 1000, memoryMib: endpoint.settings.profile.memoryMib || 1024 },
         safekeeperAddresses,
         pageserverAddress: this.options.pageserverAddress,
-        controlPlaneAddress: this.options.controlPlaneAddress,
+        controlPlaneAddress: this.controlPlaneAddress,
         pgSettings: {},
         roles: roles.map((role) => ({ roleName: role.name, scramVerifier: role.scramVerifier })),
       };
       await this.options.provisioner.ensureCompute({ computeId, spec }, this.deadline());
-      ensured = true;
       const started = Date.now();
       let postgresAddress = '';
       for (;;) {
+        const current = await catalog.getEndpoint(endpointId);
+        if (current?.currentComputeId !== computeId || (current.state !== 'starting' && current.state !== 'running')) {
+          throw new Error('the endpoint no longer wants this compute');
+        }
+        // The agent's STARTED report got there first.
+        if (current.state === 'running') return;
         const { compute } = await this.options.provisioner.describeCompute({ computeId }, this.deadline());
         if (compute?.state === ComputeState.COMPUTE_STATE_RUNNING && compute.postgresAddress) {
           postgresAddress = compute.postgresAddress;
@@ -201,8 +477,6 @@ export class EndpointLifecycle {
           throw new Error(`compute ${computeId} ${ComputeState[compute.state]}: ${compute.reason}`);
         }
         if (Date.now() - started > this.startTimeoutMs) throw new Error(`compute ${computeId} not running after ${this.startTimeoutMs} ms`);
-        const current = await catalog.getEndpoint(endpointId);
-        if (current?.state !== 'starting' || current.currentComputeId !== computeId) throw new Error('the endpoint no longer wants this compute');
         await sleep(POLL_INTERVAL_MS);
       }
       const done = await catalog.transitionEndpoint(
@@ -211,14 +485,18 @@ export class EndpointLifecycle {
         { state: 'running', stateReason: `compute ${computeId} running with term ${term}`, stateChangedAt: this.now(), postgresAddress },
         computeId,
       );
-      if (!done?.applied) throw new Error('the endpoint no longer wants this compute');
+      if (!done?.applied && !(done?.endpoint.state === 'running' && done.endpoint.currentComputeId === computeId)) {
+        throw new Error('the endpoint no longer wants this compute');
+      }
+      if (done.applied) transitionsTotal.inc({ to: 'running' });
       log.info({ endpointId, computeId, term: String(term), postgresAddress }, 'endpoint running');
     } catch (error) {
       const reason = `start of compute ${computeId} failed: ${message(error)}`;
       log.warn({ endpointId, computeId, err: error }, 'endpoint start failed');
-      if (ensured) {
+      // Also when this process did not ensure it: a start resumed after a restart may find it ensured before.
+      {
         await this.options.provisioner.stopCompute({ computeId, mode: StopMode.STOP_MODE_KILL }, this.deadline()).catch((stopError: unknown) => {
-          log.warn({ computeId, err: stopError }, 'could not kill the compute of a failed start');
+          if (!hasStatus(stopError, Status.NOT_FOUND)) log.warn({ computeId, err: stopError }, 'could not kill the compute of a failed start');
         });
       }
       if (term !== null) {
@@ -226,10 +504,33 @@ export class EndpointLifecycle {
           log.warn({ computeId, err: releaseError }, 'could not release the lease of a failed start');
         });
       }
-      await catalog
+      const failed = await catalog
         .transitionEndpoint(endpointId, ['starting'], { state: 'failed', stateReason: reason, stateChangedAt: this.now(), postgresAddress: '' }, computeId)
-        .catch((recordError: unknown) => log.error({ endpointId, err: recordError }, 'could not record a failed start'));
+        .catch((recordError: unknown) => {
+          log.error({ endpointId, err: recordError }, 'could not record a failed start');
+          return null;
+        });
+      if (failed?.applied) transitionsTotal.inc({ to: 'failed' });
     }
+  }
+
+  /**
+   * Before a compute takes the lease: another compute holding it (the one this start replaces, or one a crashed
+   * control plane left behind) is killed and its lease released, since the endpoint wants only `computeId`. Safe for
+   * data: the new term fences whatever the old writer still tries on the safekeepers.
+   */
+  private async displaceOtherWriter(endpointId: string, timelineId: string, computeId: string): Promise<void> {
+    const { leases, log } = this.options;
+    const state = await leases.get(timelineId);
+    const lease = state.lease;
+    if (!lease || lease.computeId === computeId || lease.releasedAt !== null) return;
+    log.info({ endpointId, oldComputeId: lease.computeId, term: String(lease.term), computeId }, 'stopping the previous writer before the new one takes the lease');
+    try {
+      await this.options.provisioner.stopCompute({ computeId: lease.computeId, mode: StopMode.STOP_MODE_KILL }, this.deadline());
+    } catch (error) {
+      if (!hasStatus(error, Status.NOT_FOUND)) log.warn({ oldComputeId: lease.computeId, err: error }, 'could not kill the previous writer; its term is fenced all the same');
+    }
+    await leases.release({ timelineId, computeId: lease.computeId, term: lease.term });
   }
 
   private async runStop(endpoint: EndpointRecord): Promise<void> {
@@ -244,8 +545,8 @@ export class EndpointLifecycle {
         // A compute the provisioner no longer knows is stopped.
         if (!hasStatus(error, Status.NOT_FOUND)) throw error;
       }
-      await leases.release({ timelineId, computeId, term, finalLsn: finalLsn > 0n ? finalLsn : undefined });
-      await catalog.transitionEndpoint(
+      if (term > 0n) await leases.release({ timelineId, computeId, term, finalLsn: finalLsn > 0n ? finalLsn : undefined });
+      const stopped = await catalog.transitionEndpoint(
         endpointId,
         ['suspending'],
         {
@@ -257,17 +558,22 @@ export class EndpointLifecycle {
         },
         computeId,
       );
+      if (stopped?.applied) transitionsTotal.inc({ to: 'stopped' });
       log.info({ endpointId, computeId, finalLsn: String(finalLsn) }, 'endpoint stopped');
     } catch (error) {
       log.warn({ endpointId, computeId, err: error }, 'endpoint stop failed');
-      await catalog
+      const failed = await catalog
         .transitionEndpoint(
           endpointId,
           ['suspending'],
           { state: 'failed', stateReason: `stop of compute ${computeId} failed: ${message(error)}`, stateChangedAt: this.now(), postgresAddress: '' },
           computeId,
         )
-        .catch((recordError: unknown) => log.error({ endpointId, err: recordError }, 'could not record a failed stop'));
+        .catch((recordError: unknown) => {
+          log.error({ endpointId, err: recordError }, 'could not record a failed stop');
+          return null;
+        });
+      if (failed?.applied) transitionsTotal.inc({ to: 'failed' });
     }
   }
 }

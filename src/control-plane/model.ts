@@ -18,6 +18,7 @@ import {
   type Tenant,
 } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { invalidArgument } from '../lib/grpc/errors.js';
+import { TIMELINE_ID_PATTERN } from '../lib/ids.js';
 import { ID_PREFIXES, isId, type IdKind } from './ids.js';
 
 /** The scope of a key in the catalog. */
@@ -77,14 +78,19 @@ export function branchName(value: string, field: string): string {
   return value;
 }
 
+/** Names Postgres or the platform own: the bootstrap superuser and role keywords. */
+const RESERVED_ROLE_NAMES: ReadonlySet<string> = new Set(['postgres', 'public', 'none', 'session_user', 'user', 'all']);
+
 /** A Postgres role name the platform lets users create (the contract: lowercase letters, digits, `_`). */
 export function roleName(value: string, field: string): string {
   if (value.length > MAX_ROLE_NAME_LENGTH) throw invalidArgument(`${field} is ${value.length} characters long: at most ${MAX_ROLE_NAME_LENGTH} are allowed`);
   if (!/^[a-z_][a-z0-9_]*$/.test(value)) {
     throw invalidArgument(`${field} ${JSON.stringify(value)} is not a role name: lowercase letters, digits and '_', not starting with a digit`);
   }
-  if (value.startsWith('pg_') || value.startsWith('spg99_')) {
-    throw invalidArgument(`${field} ${JSON.stringify(value)} is reserved: role names must not start with pg_ or spg99_`);
+  if (value.startsWith('pg_') || value.startsWith('spg99_') || value.startsWith('current_') || RESERVED_ROLE_NAMES.has(value)) {
+    throw invalidArgument(
+      `${field} ${JSON.stringify(value)} is reserved: role names must not start with pg_, spg99_ or current_, nor be ${[...RESERVED_ROLE_NAMES].join(', ')}`,
+    );
   }
   return value;
 }
@@ -96,6 +102,22 @@ export function idArgument(kind: IdKind, value: string, field: string): string {
   if (!isId(kind, value)) {
     throw invalidArgument(`${field} ${JSON.stringify(value.slice(0, 80))} is malformed: expected ${ID_PREFIXES[kind]} followed by ${shape}`);
   }
+  return value;
+}
+
+/** A branch id: a timeline id, `tl-` and 32 lowercase hex digits. */
+export function branchIdArgument(value: string, field: string): string {
+  if (value === '') throw invalidArgument(`${field} is required: tl- followed by 32 lowercase hex digits (ListBranches shows a project's branches)`);
+  if (!TIMELINE_ID_PATTERN.test(value)) {
+    throw invalidArgument(`${field} ${JSON.stringify(value.slice(0, 80))} is malformed: expected tl- followed by 32 lowercase hex digits`);
+  }
+  return value;
+}
+
+/** A database name for a connection string: 1 to 63 characters, no control characters, no `/?#@`. */
+export function databaseName(value: string, field: string): string {
+  if (value.length > MAX_ROLE_NAME_LENGTH) throw invalidArgument(`${field} is ${value.length} characters long: at most ${MAX_ROLE_NAME_LENGTH} are allowed`);
+  if (/[\u0000-\u001f\u007f/?#@]/.test(value)) throw invalidArgument(`${field} ${JSON.stringify(value)} is not a database name: no control characters or '/', '?', '#', '@'`);
   return value;
 }
 
@@ -230,6 +252,8 @@ export interface BranchRecord {
   parentLsn: bigint;
   isDefault: boolean;
   createdAt: number;
+  /** Set once DeleteBranch began: the branch is gone for the API. */
+  deleting?: boolean;
 }
 
 export type EndpointStateName = 'stopped' | 'starting' | 'running' | 'suspending' | 'handoff' | 'failed';
@@ -247,6 +271,14 @@ export interface EndpointRecord {
   /** host:port of the writer's Postgres while RUNNING; empty (or absent in older records) otherwise. */
   postgresAddress?: string;
   createdAt: number;
+  /**
+   * From the current compute's activity reports (ms since the epoch; 0 before the first): when a client was last
+   * connected, and when that was reported. Scale to zero reads them.
+   */
+  lastActivityAt?: number;
+  activityReportedAt?: number;
+  /** Client connections in that report. */
+  activeConnections?: number;
 }
 
 export interface RoleRecord {
@@ -318,7 +350,8 @@ export function projectMessage(record: ProjectRecord): Project {
   };
 }
 
-export function branchMessage(record: BranchRecord): Branch {
+/** A branch as the API shows it; `logicalSizeBytes` from the pageserver when it answered (else 0). */
+export function branchMessage(record: BranchRecord, logicalSizeBytes = 0n): Branch {
   return {
     branchId: record.branchId,
     projectId: record.projectId,
@@ -326,8 +359,7 @@ export function branchMessage(record: BranchRecord): Branch {
     parentBranchId: record.parentBranchId,
     parentLsn: record.parentLsn,
     isDefault: record.isDefault,
-    // Filled from the pageserver once branches are served (a later slice).
-    logicalSizeBytes: 0n,
+    logicalSizeBytes,
     createdAt: new Date(record.createdAt),
   };
 }

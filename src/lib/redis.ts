@@ -266,13 +266,18 @@ export class RedisServerProcess {
   }
 }
 
-/**
- * Starts Debian's `redis-server` (found on PATH) with a config generated into `dataDir`: append-only file on,
- * no RDB snapshots, loopback only, in the foreground. Resolves once it answers PING (its dataset loaded).
- */
-export async function startRedisServer(options: RedisServerOptions): Promise<RedisServerProcess> {
+/** The redis-server binary on PATH, or an error that says how to install it. */
+export function redisServerBinary(): string {
   const binary = findOnPath('redis-server');
   if (!binary) throw new Error(`redis-server is not on PATH (${process.env.PATH ?? ''}): ${INSTALL_HINT}`);
+  return binary;
+}
+
+/**
+ * Writes the config SPG99 runs redis-server with into `options.dataDir` (rewritten at every start): append-only
+ * file on, no RDB snapshots, loopback only, in the foreground, logging to `redis.log` there.
+ */
+export function writeRedisConfig(options: RedisServerOptions): { configFile: string; logFile: string; dataDir: string; bind: string } {
   const bind = options.bind ?? '127.0.0.1';
   const dataDir = path.resolve(options.dataDir);
   fs.mkdirSync(dataDir, { recursive: true });
@@ -295,6 +300,16 @@ export async function startRedisServer(options: RedisServerOptions): Promise<Red
     'save ""',
   ];
   fs.writeFileSync(configFile, `${config.join('\n')}\n`);
+  return { configFile, logFile, dataDir, bind };
+}
+
+/**
+ * Starts Debian's `redis-server` (found on PATH) with a config generated into `dataDir`: append-only file on,
+ * no RDB snapshots, loopback only, in the foreground. Resolves once it answers PING (its dataset loaded).
+ */
+export async function startRedisServer(options: RedisServerOptions): Promise<RedisServerProcess> {
+  const binary = redisServerBinary();
+  const { configFile, logFile, dataDir, bind } = writeRedisConfig(options);
 
   const child = spawn(binary, [configFile], { cwd: dataDir, stdio: ['ignore', 'pipe', 'pipe'] });
   // A wildcard bind is reached through loopback; of a list of addresses, the first.
@@ -310,7 +325,7 @@ export async function startRedisServer(options: RedisServerOptions): Promise<Red
       throw new Error(`redis-server (port ${options.port}, ${dataDir}) exited ${JSON.stringify(server.exit)} before answering PING:\n${server.tail()}`);
     }
     try {
-      const answer = await ping(host, options.port, 1_000);
+      const answer = await pingRedis(host, options.port, 1_000);
       if (answer === '+PONG') return server;
       lastAnswer = answer; // "-LOADING ..." while it replays the AOF
     } catch (error) {
@@ -345,7 +360,8 @@ function quoteConfig(value: string): string {
 }
 
 /** Sends an inline PING and resolves with the first line of the answer ("+PONG", or e.g. "-LOADING ..."). */
-function ping(host: string, port: number, timeoutMs: number): Promise<string> {
+/** One PING over a fresh connection: `+PONG` when Redis is ready, `-LOADING …` while it replays its AOF. */
+export function pingRedis(host: string, port: number, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host, port });
     let received = '';

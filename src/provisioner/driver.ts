@@ -3,6 +3,7 @@
  * Provisioner API. A driver owns its computes' lifecycle; the API layer only validates and translates.
  */
 import { ComputeState } from '../../gen/spg99/provisioner/v1/provisioner.js';
+import { counter, gauge } from '../lib/metrics.js';
 
 export { ComputeState };
 
@@ -111,4 +112,41 @@ export function specDifferences(a: ComputeSpec, b: ComputeSpec): string[] {
   if (a.controlPlaneAddress !== b.controlPlaneAddress) differences.push('control_plane_address');
   if (differences.length === 0) differences.push('pg_settings or roles');
   return differences;
+}
+
+/** Agents restarted by a driver after they exited unexpectedly. */
+export const restartsTotal = counter('spg99_provisioner_compute_restarts_total', 'Agents restarted after they exited unexpectedly');
+/** Computes a driver knows, by state. */
+export const computesGauge = gauge('spg99_provisioner_computes', 'Computes known to the provisioner, by state', ['state']);
+
+/** Where a compute's agent finds its things: the same flags whichever driver runs it. */
+export interface AgentPlacement {
+  /** dist/cmd/agent.js where the agent runs. */
+  agentScript: string;
+  pgDataDir: string;
+  pgPort: number;
+  /** host:port of the agent's gRPC and metrics endpoints. */
+  listen: string;
+  metricsListen: string;
+  rolesFile: string;
+}
+
+/** The agent's command line (after `node`) for a compute: its spec as flags. */
+export function agentArgs(computeId: string, spec: ComputeSpec, placement: AgentPlacement): string[] {
+  return [
+    '--enable-source-maps',
+    placement.agentScript,
+    '--compute-id', computeId,
+    '--timeline-id', spec.timelineId,
+    '--term', String(spec.term),
+    '--safekeepers', spec.safekeeperAddresses.join(','),
+    '--pageserver', spec.pageserverAddress,
+    '--pg-data-dir', placement.pgDataDir,
+    '--pg-port', String(placement.pgPort),
+    '--listen', placement.listen,
+    '--metrics-listen', placement.metricsListen,
+    '--endpoint-id', spec.endpointId,
+    ...(spec.controlPlaneAddress ? ['--control-plane', spec.controlPlaneAddress] : []),
+    '--roles-file', placement.rolesFile,
+  ];
 }

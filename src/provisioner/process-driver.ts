@@ -20,21 +20,22 @@ import { createSpgClient, openChannel } from '../lib/grpc/client.js';
 import { failedPrecondition, notFound, ServerError, Status } from '../lib/grpc/errors.js';
 import type { Logger } from '../lib/log.js';
 import { formatLsn } from '../lib/lsn.js';
-import { counter, gauge } from '../lib/metrics.js';
 import { freePort } from '../lib/net.js';
 import {
+  agentArgs,
   ComputeState,
+  computesGauge,
+  restartsTotal,
   sameSpec,
   specDifferences,
   type ComputeDriver,
   type ComputeSpec,
   type ComputeView,
+  type RoleVerifier,
   type StopOptions,
   type StopOutcome,
 } from './driver.js';
 
-const restartsTotal = counter('spg99_provisioner_compute_restarts_total', 'Agents restarted after they exited unexpectedly');
-const computesGauge = gauge('spg99_provisioner_computes', 'Computes known to the provisioner, by state', ['state']);
 
 /** Options of the process driver. */
 export interface ProcessDriverOptions {
@@ -257,19 +258,15 @@ export class ProcessDriver implements ComputeDriver {
     const { spec, computeId } = compute;
     fs.rmSync(compute.pgDataDir, { recursive: true, force: true });
     fs.mkdirSync(compute.directory, { recursive: true });
-    const args = [
-      '--enable-source-maps',
-      this.agentScript,
-      '--compute-id', computeId,
-      '--timeline-id', spec.timelineId,
-      '--term', String(spec.term),
-      '--safekeepers', spec.safekeeperAddresses.join(','),
-      '--pageserver', spec.pageserverAddress,
-      '--pg-data-dir', compute.pgDataDir,
-      '--pg-port', String(compute.pgPort),
-      '--listen', `127.0.0.1:${compute.grpcPort}`,
-      '--metrics-listen', '127.0.0.1:0',
-    ];
+    const rolesFile = writeRolesFile(compute.directory, spec.roles);
+    const args = agentArgs(computeId, spec, {
+      agentScript: this.agentScript,
+      pgDataDir: compute.pgDataDir,
+      pgPort: compute.pgPort,
+      listen: `127.0.0.1:${compute.grpcPort}`,
+      metricsListen: '127.0.0.1:0',
+      rolesFile,
+    });
     // The agent reads SPG99_* variables as its own flags: pass on only those that are not flags of the provisioner.
     const env: NodeJS.ProcessEnv = {};
     for (const [name, value] of Object.entries(process.env)) {
@@ -412,6 +409,22 @@ export class ProcessDriver implements ComputeDriver {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
+}
+
+/**
+ * Writes the spec's roles to `<directory>/roles.json` for the agent's --roles-file, readable by the provisioner's user
+ * only (0600, also when the file existed: verifiers allow offline guessing of passwords); returns its path.
+ */
+export function writeRolesFile(directory: string, roles: readonly RoleVerifier[]): string {
+  const file = path.join(directory, 'roles.json');
+  const temporary = `${file}.tmp`;
+  fs.rmSync(temporary, { force: true });
+  fs.writeFileSync(temporary, `${JSON.stringify(roles.map(({ roleName, scramVerifier }) => ({ roleName, scramVerifier })), null, 2)}\n`, {
+    mode: 0o600,
+    flag: 'wx',
+  });
+  fs.renameSync(temporary, file);
+  return file;
 }
 
 /** The postmaster's pid from `pgDataDir`, when it still runs. */

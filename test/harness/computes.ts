@@ -24,6 +24,17 @@ export interface ComputeOptions {
   pageserver?: string;
   /** Wait for "agent ready" (default true). */
   waitReady?: boolean;
+  /** Create the timeline on safekeepers that lack it (--create-timeline). */
+  createTimeline?: boolean;
+  /** The endpoint it serves (--endpoint-id). */
+  endpointId?: string;
+  /** host:port of the control plane's internal service (--control-plane): lease renewal and reports. */
+  controlPlane?: string;
+  /** --lease-ttl-s and --report-interval-s. */
+  leaseTtlS?: number;
+  reportIntervalS?: number;
+  /** Roles the agent creates before it is ready, written to a 0600 file for --roles-file. */
+  roles?: Array<{ roleName: string; scramVerifier: string }>;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -50,8 +61,14 @@ export class ComputeNode {
   static async start(harness: Harness, options: ComputeOptions): Promise<ComputeNode> {
     computes += 1;
     const computeId = options.computeId ?? `compute-${computes}`;
-    const pgDataDir = options.pgDataDir ?? path.join(harness.tempDir(computeId).path, 'pgdata');
+    const directory = harness.tempDir(computeId).path;
+    const pgDataDir = options.pgDataDir ?? path.join(directory, 'pgdata');
     const [pgPort, grpcPort] = [await freePort(), await freePort()];
+    let rolesFile: string | undefined;
+    if (options.roles) {
+      rolesFile = path.join(directory, 'roles.json');
+      fs.writeFileSync(rolesFile, JSON.stringify(options.roles), { mode: 0o600 });
+    }
     const args = [
       '--compute-id', computeId,
       '--timeline-id', options.timelineId,
@@ -62,6 +79,12 @@ export class ComputeNode {
       '--listen', `127.0.0.1:${grpcPort}`,
       '--metrics-listen', '127.0.0.1:0',
       ...(options.pageserver ? ['--pageserver', options.pageserver] : []),
+      ...(options.createTimeline ? ['--create-timeline'] : []),
+      ...(options.endpointId ? ['--endpoint-id', options.endpointId] : []),
+      ...(options.controlPlane ? ['--control-plane', options.controlPlane] : []),
+      ...(options.leaseTtlS !== undefined ? ['--lease-ttl-s', String(options.leaseTtlS)] : []),
+      ...(options.reportIntervalS !== undefined ? ['--report-interval-s', String(options.reportIntervalS)] : []),
+      ...(rolesFile ? ['--roles-file', rolesFile] : []),
     ];
     const child = harness.spawn('agent', args, { label: computeId, env: options.env, stopFirst: true });
     const node = new ComputeNode(computeId, child, pgDataDir, pgPort, grpcPort, harness);
@@ -78,9 +101,19 @@ export class ComputeNode {
     return node;
   }
 
-  /** A node-postgres client of its Postgres, connected (end it; errors of connections cut on purpose are ignored). */
-  async connect(): Promise<pg.Client> {
-    const client = new pg.Client({ host: '127.0.0.1', port: this.pgPort, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 10_000 });
+  /**
+   * A node-postgres client of its Postgres over TCP, connected (end it; errors of connections cut on purpose are
+   * ignored). As the superuser `postgres` (trusted from 127.0.0.1) unless a role and its password are given.
+   */
+  async connect(login: { user: string; password: string } = { user: 'postgres', password: '' }): Promise<pg.Client> {
+    const client = new pg.Client({
+      host: '127.0.0.1',
+      port: this.pgPort,
+      user: login.user,
+      password: login.password,
+      database: 'postgres',
+      connectionTimeoutMillis: 10_000,
+    });
     client.on('error', () => undefined);
     await client.connect();
     return client;

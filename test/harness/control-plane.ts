@@ -66,7 +66,7 @@ export class ControlPlaneNode {
       ...(options.provisioner ? ['--provisioner', options.provisioner] : []),
       ...(options.args ?? []),
     ];
-    const child = harness.spawn('control-plane', args, { label: 'control-plane', env: options.env });
+    const child = harness.spawn('control-plane', args, { label: 'control-plane', env: options.env, stopFirst: true });
     const ready = await child.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"`, timeoutMs: 30_000 });
     return new ControlPlaneNode(harness, args, port, operatorToken, options, child, ready);
   }
@@ -103,7 +103,7 @@ export class ControlPlaneNode {
       else await this.process.stop();
     }
     this.starts += 1;
-    this.process = this.harness.spawn('control-plane', this.args, { label: `control-plane#${this.starts}`, env: this.options.env });
+    this.process = this.harness.spawn('control-plane', this.args, { label: `control-plane#${this.starts}`, env: this.options.env, stopFirst: true });
     this.readyLine = await this.process.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"`, timeoutMs: 30_000 });
   }
 }

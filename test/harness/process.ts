@@ -363,6 +363,9 @@ export class Harness {
     if (this.tornDown) return;
     this.tornDown = true;
     const problems: string[] = [];
+    // Clients of the others first (agents, the provisioner, the control plane): they must not see Redis or a
+    // safekeeper vanish under them and log errors while they stop.
+    await Promise.all(this.processes.filter((child) => child.stopFirst).map((child) => child.stop()));
     for (const cleanup of this.cleanups.splice(0).reverse()) {
       try {
         await cleanup();
@@ -370,7 +373,6 @@ export class Harness {
         problems.push(`a cleanup failed: ${error instanceof Error ? error.message : String(error)}`);
       }
     }
-    await Promise.all(this.processes.filter((child) => child.stopFirst).map((child) => child.stop()));
     await Promise.all(this.processes.map((child) => child.stop()));
     if (options.dumpLogs) {
       for (const child of this.processes) {

@@ -245,10 +245,10 @@ describe('provisioner (process driver)', function () {
     expect(await reflectedServices(provisioner.address)).to.include.members(['spg99.provisioner.v1.ProvisionerService', 'grpc.health.v1.Health']);
   });
 
-  it('refuses the kubernetes driver with a clear configuration error', async () => {
+  it('refuses the kubernetes driver without an image, with a clear configuration error', async () => {
     const child = harness().spawn('provisioner', ['--data-dir', harness().tempDir('provisioner').path, '--listen', '127.0.0.1:0', '--driver', 'kubernetes']);
     const exit = await child.waitExit();
     expect(exit.code).to.equal(2);
-    expect(child.rawOutput.join('\n')).to.match(/--driver kubernetes is not available yet/);
+    expect(child.rawOutput.join('\n')).to.match(/--kube-image \(or SPG99_KUBE_IMAGE\) is required with --driver kubernetes/);
   });
 });

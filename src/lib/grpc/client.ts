@@ -53,10 +53,13 @@ export function createSpgClient<Definition extends CompatServiceDefinition>(
   definition: Definition,
   channel: Channel,
   traceId?: string,
+  /** Metadata sent with every call (e.g. `authorization: Bearer <key>` for the control plane's public API). */
+  extraMetadata: Record<string, string> = {},
 ): SpgClient<Definition> {
+  const metadata = { ...extraMetadata, ...(traceId ? { 'x-trace-id': traceId } : {}) };
   return createClientFactory()
     // The middleware used last runs first: it must see `deadline` before the deadline middleware consumes it.
     .use(deadlineMiddleware)
     .use(deadlineMetadataMiddleware)
-    .create(definition, channel, traceId ? { '*': { metadata: Metadata({ 'x-trace-id': traceId }) } } : {});
+    .create(definition, channel, Object.keys(metadata).length > 0 ? { '*': { metadata: Metadata(metadata) } } : {});
 }

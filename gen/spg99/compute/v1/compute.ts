@@ -147,6 +147,27 @@ export interface GetMetricsResponse {
   transactions: bigint;
 }
 
+/** A Postgres role and its password verifier. */
+export interface RoleVerifier {
+  roleName: string;
+  /** In Postgres' format: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (base64 parts). */
+  scramVerifier: string;
+}
+
+export interface ApplyRolesRequest {
+  /** Roles to create, or whose verifier to replace when they exist. */
+  upsert: RoleVerifier[];
+  /** Roles to drop; names that do not exist are skipped. */
+  dropRoleNames: string[];
+}
+
+export interface ApplyRolesResponse {
+  createdRoleNames: string[];
+  updatedRoleNames: string[];
+  /** The roles that existed and were dropped. */
+  droppedRoleNames: string[];
+}
+
 function createBaseSafekeeperPeerStatus(): SafekeeperPeerStatus {
   return { address: "", connected: false, flushLsn: 0n, lastError: "" };
 }
@@ -1087,6 +1108,301 @@ export const GetMetricsResponse: MessageFns<GetMetricsResponse> = {
   },
 };
 
+function createBaseRoleVerifier(): RoleVerifier {
+  return { roleName: "", scramVerifier: "" };
+}
+
+export const RoleVerifier: MessageFns<RoleVerifier> = {
+  encode(message: RoleVerifier, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.roleName !== "") {
+      writer.uint32(10).string(message.roleName);
+    }
+    if (message.scramVerifier !== "") {
+      writer.uint32(18).string(message.scramVerifier);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoleVerifier {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoleVerifier();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.roleName = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scramVerifier = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoleVerifier {
+    return {
+      roleName: isSet(object.roleName)
+        ? globalThis.String(object.roleName)
+        : isSet(object.role_name)
+        ? globalThis.String(object.role_name)
+        : "",
+      scramVerifier: isSet(object.scramVerifier)
+        ? globalThis.String(object.scramVerifier)
+        : isSet(object.scram_verifier)
+        ? globalThis.String(object.scram_verifier)
+        : "",
+    };
+  },
+
+  toJSON(message: RoleVerifier): unknown {
+    const obj: any = {};
+    if (message.roleName !== "") {
+      obj.roleName = message.roleName;
+    }
+    if (message.scramVerifier !== "") {
+      obj.scramVerifier = message.scramVerifier;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoleVerifier>): RoleVerifier {
+    return RoleVerifier.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoleVerifier>): RoleVerifier {
+    const message = createBaseRoleVerifier();
+    message.roleName = object.roleName ?? "";
+    message.scramVerifier = object.scramVerifier ?? "";
+    return message;
+  },
+};
+
+function createBaseApplyRolesRequest(): ApplyRolesRequest {
+  return { upsert: [], dropRoleNames: [] };
+}
+
+export const ApplyRolesRequest: MessageFns<ApplyRolesRequest> = {
+  encode(message: ApplyRolesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.upsert) {
+      RoleVerifier.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.dropRoleNames) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ApplyRolesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseApplyRolesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.upsert.push(RoleVerifier.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.dropRoleNames.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ApplyRolesRequest {
+    return {
+      upsert: globalThis.Array.isArray(object?.upsert) ? object.upsert.map((e: any) => RoleVerifier.fromJSON(e)) : [],
+      dropRoleNames: globalThis.Array.isArray(object?.dropRoleNames)
+        ? object.dropRoleNames.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.drop_role_names)
+        ? object.drop_role_names.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ApplyRolesRequest): unknown {
+    const obj: any = {};
+    if (message.upsert?.length) {
+      obj.upsert = message.upsert.map((e) => RoleVerifier.toJSON(e));
+    }
+    if (message.dropRoleNames?.length) {
+      obj.dropRoleNames = message.dropRoleNames;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ApplyRolesRequest>): ApplyRolesRequest {
+    return ApplyRolesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ApplyRolesRequest>): ApplyRolesRequest {
+    const message = createBaseApplyRolesRequest();
+    message.upsert = object.upsert?.map((e) => RoleVerifier.fromPartial(e)) || [];
+    message.dropRoleNames = object.dropRoleNames?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseApplyRolesResponse(): ApplyRolesResponse {
+  return { createdRoleNames: [], updatedRoleNames: [], droppedRoleNames: [] };
+}
+
+export const ApplyRolesResponse: MessageFns<ApplyRolesResponse> = {
+  encode(message: ApplyRolesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.createdRoleNames) {
+      writer.uint32(10).string(v!);
+    }
+    for (const v of message.updatedRoleNames) {
+      writer.uint32(18).string(v!);
+    }
+    for (const v of message.droppedRoleNames) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ApplyRolesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseApplyRolesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.createdRoleNames.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.updatedRoleNames.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.droppedRoleNames.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ApplyRolesResponse {
+    return {
+      createdRoleNames: globalThis.Array.isArray(object?.createdRoleNames)
+        ? object.createdRoleNames.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.created_role_names)
+        ? object.created_role_names.map((e: any) => globalThis.String(e))
+        : [],
+      updatedRoleNames: globalThis.Array.isArray(object?.updatedRoleNames)
+        ? object.updatedRoleNames.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.updated_role_names)
+        ? object.updated_role_names.map((e: any) => globalThis.String(e))
+        : [],
+      droppedRoleNames: globalThis.Array.isArray(object?.droppedRoleNames)
+        ? object.droppedRoleNames.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.dropped_role_names)
+        ? object.dropped_role_names.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ApplyRolesResponse): unknown {
+    const obj: any = {};
+    if (message.createdRoleNames?.length) {
+      obj.createdRoleNames = message.createdRoleNames;
+    }
+    if (message.updatedRoleNames?.length) {
+      obj.updatedRoleNames = message.updatedRoleNames;
+    }
+    if (message.droppedRoleNames?.length) {
+      obj.droppedRoleNames = message.droppedRoleNames;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ApplyRolesResponse>): ApplyRolesResponse {
+    return ApplyRolesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ApplyRolesResponse>): ApplyRolesResponse {
+    const message = createBaseApplyRolesResponse();
+    message.createdRoleNames = object.createdRoleNames?.map((e) => e) || [];
+    message.updatedRoleNames = object.updatedRoleNames?.map((e) => e) || [];
+    message.droppedRoleNames = object.droppedRoleNames?.map((e) => e) || [];
+    return message;
+  },
+};
+
 export type ComputeServiceDefinition = typeof ComputeServiceDefinition;
 export const ComputeServiceDefinition = {
   name: "ComputeService",
@@ -1119,6 +1435,25 @@ export const ComputeServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * Creates or updates (`upsert`) and drops Postgres roles on the running Postgres, without a restart: how the control
+     * plane applies a role created, a password reset or a role deleted on the endpoint's branch. A role gets LOGIN,
+     * CREATEDB and CREATEROLE (not SUPERUSER) and, as its password, the SCRAM-SHA-256 verifier as given (Postgres
+     * stores it as is; the compute never sees a password); an existing role only gets the new verifier. Everything
+     * applies in one transaction: all or nothing. Dropping a role that does not exist is not an error.
+     * INVALID_ARGUMENT naming the field for a malformed role name (lowercase letters, digits and `_`; `postgres`,
+     * `public`, `pg_*` and `spg99_*` are reserved) or verifier, or a name listed twice; FAILED_PRECONDITION when
+     * Postgres is not running, or when a role to drop still owns objects or holds privileges (the message names the
+     * role and them: reassign or drop them first).
+     */
+    applyRoles: {
+      name: "ApplyRoles",
+      requestType: ApplyRolesRequest as typeof ApplyRolesRequest,
+      requestStream: false,
+      responseType: ApplyRolesResponse as typeof ApplyRolesResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -1132,6 +1467,21 @@ export interface ComputeServiceImplementation<CallContextExt = {}> {
     request: GetMetricsRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<GetMetricsResponse>>;
+  /**
+   * Creates or updates (`upsert`) and drops Postgres roles on the running Postgres, without a restart: how the control
+   * plane applies a role created, a password reset or a role deleted on the endpoint's branch. A role gets LOGIN,
+   * CREATEDB and CREATEROLE (not SUPERUSER) and, as its password, the SCRAM-SHA-256 verifier as given (Postgres
+   * stores it as is; the compute never sees a password); an existing role only gets the new verifier. Everything
+   * applies in one transaction: all or nothing. Dropping a role that does not exist is not an error.
+   * INVALID_ARGUMENT naming the field for a malformed role name (lowercase letters, digits and `_`; `postgres`,
+   * `public`, `pg_*` and `spg99_*` are reserved) or verifier, or a name listed twice; FAILED_PRECONDITION when
+   * Postgres is not running, or when a role to drop still owns objects or holds privileges (the message names the
+   * role and them: reassign or drop them first).
+   */
+  applyRoles(
+    request: ApplyRolesRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<ApplyRolesResponse>>;
 }
 
 export interface ComputeServiceClient<CallOptionsExt = {}> {
@@ -1144,6 +1494,21 @@ export interface ComputeServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<GetMetricsRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<GetMetricsResponse>;
+  /**
+   * Creates or updates (`upsert`) and drops Postgres roles on the running Postgres, without a restart: how the control
+   * plane applies a role created, a password reset or a role deleted on the endpoint's branch. A role gets LOGIN,
+   * CREATEDB and CREATEROLE (not SUPERUSER) and, as its password, the SCRAM-SHA-256 verifier as given (Postgres
+   * stores it as is; the compute never sees a password); an existing role only gets the new verifier. Everything
+   * applies in one transaction: all or nothing. Dropping a role that does not exist is not an error.
+   * INVALID_ARGUMENT naming the field for a malformed role name (lowercase letters, digits and `_`; `postgres`,
+   * `public`, `pg_*` and `spg99_*` are reserved) or verifier, or a name listed twice; FAILED_PRECONDITION when
+   * Postgres is not running, or when a role to drop still owns objects or holds privileges (the message names the
+   * role and them: reassign or drop them first).
+   */
+  applyRoles(
+    request: DeepPartial<ApplyRolesRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<ApplyRolesResponse>;
 }
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
