@@ -1,0 +1,222 @@
+/**
+ * How the gateway finds an endpoint and its users: the endpoint named by the client (SNI `ep-<id>[-pooler].<domain>`
+ * or `options=endpoint=ep-<id>[-pooler]`), its route and role verifiers from the control plane (cached for the time
+ * the control plane allows), wake-on-connect, and a limit on failed password attempts.
+ */
+import { ControlPlaneInternalServiceDefinition, EndpointState, PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import type { SpgClient } from '../lib/grpc/client.js';
+import { ClientError, Status } from '../lib/grpc/errors.js';
+
+/** An endpoint id as clients write it: `ep-` and 32 lowercase hex digits. */
+const ENDPOINT_ID = /^ep-[0-9a-f]{32}$/;
+
+/** What a client asked to reach. */
+export interface EndpointName {
+  endpointId: string;
+  /** The `-pooler` form: the endpoint's pooler mode; without it a dedicated session. */
+  pooled: boolean;
+}
+
+/** Why the gateway cannot serve a client, as the PostgreSQL error it answers with. */
+export class RoutingError extends Error {
+  override name = 'RoutingError';
+  constructor(
+    message: string,
+    /** SQLSTATE: 08001 (cannot connect), 28000/28P01 (auth), 3D000... */
+    readonly code: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+  }
+}
+
+const NAMING_HINT =
+  'Name the endpoint by connecting to ep-<id>.<domain> with TLS (SNI), e.g. psql "host=ep-<id>.<domain> sslmode=require", ' +
+  'or, for clients that send no SNI, with options=endpoint=ep-<id> (in a URI: ?options=endpoint%3Dep-<id>).';
+
+/** The endpoint named by `label` (`ep-<id>` or `ep-<id>-pooler`), or null. */
+function endpointFromLabel(label: string): EndpointName | null {
+  const pooled = label.endsWith('-pooler');
+  const endpointId = pooled ? label.slice(0, -'-pooler'.length) : label;
+  return ENDPOINT_ID.test(endpointId) ? { endpointId, pooled } : null;
+}
+
+/**
+ * The endpoint a client names, from the TLS server name and the startup `options`; the `endpoint=` token is removed
+ * from the options (the rest goes on to Postgres). Throws a RoutingError that says how to name one.
+ */
+export function endpointOf(serverName: string | undefined, domain: string, options: string | undefined): { name: EndpointName; options: string } {
+  let fromOptions: EndpointName | null = null;
+  const rest: string[] = [];
+  for (const token of (options ?? '').split(/\s+/).filter(Boolean)) {
+    const match = /^(?:--)?endpoint=(.*)$/.exec(token);
+    if (!match) {
+      rest.push(token);
+      continue;
+    }
+    fromOptions = endpointFromLabel(match[1]);
+    if (!fromOptions) throw new RoutingError(`"${match[1].slice(0, 80)}" in options is not an endpoint id`, '08001', NAMING_HINT);
+  }
+  let fromSni: EndpointName | null = null;
+  if (serverName) {
+    const suffix = `.${domain}`;
+    if (serverName.endsWith(suffix)) fromSni = endpointFromLabel(serverName.slice(0, -suffix.length));
+  }
+  if (fromSni && fromOptions && fromSni.endpointId !== fromOptions.endpointId) {
+    throw new RoutingError(`the server name names endpoint ${fromSni.endpointId} but options name ${fromOptions.endpointId}`, '08001', 'Name one endpoint.');
+  }
+  const name = fromSni ?? fromOptions;
+  if (!name) {
+    const what = serverName ? `the server name "${serverName.slice(0, 100)}" is not ep-<id>.${domain}` : 'the client sent no server name (SNI)';
+    throw new RoutingError(`which endpoint? ${what} and options name none`, '08001', NAMING_HINT.replaceAll('<domain>', domain));
+  }
+  return { name, options: rest.join(' ') };
+}
+
+/** A route and when it stops being trusted. */
+interface CachedRoute {
+  route: EndpointRoute;
+  until: number;
+}
+
+export interface RoutingOptions {
+  controlPlane: SpgClient<typeof ControlPlaneInternalServiceDefinition>;
+  /** How long a client waits for a stopped endpoint to start. */
+  wakeTimeoutMs: number;
+  /** How long a role's verifier is trusted (a reset password reaches the gateway within it). */
+  verifierTtlMs?: number;
+  /** Failed password attempts per (client address, endpoint) within {@link failureWindowMs} before refusing. */
+  maxAuthFailures?: number;
+  failureWindowMs?: number;
+  now?: () => number;
+}
+
+/** The control plane's answers, cached. */
+export class Routing {
+  private readonly routes = new Map<string, CachedRoute>();
+  private readonly wakes = new Map<string, Promise<EndpointRoute>>();
+  private readonly verifiers = new Map<string, { verifier: string | null; until: number }>();
+  private readonly failures = new Map<string, number[]>();
+  private readonly now: () => number;
+
+  constructor(private readonly options: RoutingOptions) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /** The role's SCRAM verifier, or null when the endpoint has no such role. RoutingError for an unknown endpoint. */
+  async verifier(endpointId: string, roleName: string): Promise<string | null> {
+    const key = `${endpointId}\0${roleName}`;
+    const cached = this.verifiers.get(key);
+    if (cached && cached.until > this.now()) return cached.verifier;
+    let verifier: string | null;
+    try {
+      verifier = (await this.options.controlPlane.getRoleVerifier({ endpointId, roleName }, { deadline: new Date(Date.now() + 10_000) })).scramVerifier;
+    } catch (error) {
+      if (error instanceof ClientError && error.code === Status.NOT_FOUND) {
+        if (error.details.includes('has no role')) verifier = null;
+        else throw new RoutingError(`endpoint ${endpointId} does not exist`, '08001', 'Check the endpoint id (spg99 endpoints list --project pj-…).');
+      } else throw unavailable(error);
+    }
+    this.verifiers.set(key, { verifier, until: this.now() + (this.options.verifierTtlMs ?? 10_000) });
+    return verifier;
+  }
+
+  /** Forgets a role's verifier (after a failed login, so that a just-reset password is seen at the next try). */
+  forgetVerifier(endpointId: string, roleName: string): void {
+    this.verifiers.delete(`${endpointId}\0${roleName}`);
+  }
+
+  /** The endpoint's route when RUNNING, waking it when it is not (within the wake timeout). */
+  async runningRoute(endpointId: string): Promise<EndpointRoute> {
+    const cached = this.routes.get(endpointId);
+    if (cached && cached.until > this.now() && cached.route.state === EndpointState.ENDPOINT_STATE_RUNNING) return cached.route;
+    // One wake per endpoint at a time: a burst of clients waits for the same start.
+    let wake = this.wakes.get(endpointId);
+    if (!wake) {
+      wake = this.wake(endpointId).finally(() => this.wakes.delete(endpointId));
+      this.wakes.set(endpointId, wake);
+    }
+    return wake;
+  }
+
+  /** The pooler mode of the endpoint (from the last route seen), for `-pooler` clients. */
+  poolerMode(route: EndpointRoute): 'session' | 'transaction' {
+    return route.poolerMode === PoolerMode.POOLER_MODE_TRANSACTION ? 'transaction' : 'session';
+  }
+
+  /** Forgets the endpoint's route (its address refused a connection: the compute moved or stopped). */
+  invalidate(endpointId: string): void {
+    this.routes.delete(endpointId);
+  }
+
+  /** Sets the endpoint's route from outside (the admin API's SetEndpointBackend). */
+  override(endpointId: string, postgresAddress: string, computeId: string): void {
+    const previous = this.routes.get(endpointId)?.route;
+    this.routes.set(endpointId, {
+      route: {
+        endpointId,
+        state: EndpointState.ENDPOINT_STATE_RUNNING,
+        postgresAddress,
+        computeId,
+        poolerMode: previous?.poolerMode ?? PoolerMode.POOLER_MODE_SESSION,
+        maxClientConnections: previous?.maxClientConnections ?? 0,
+        maxServerConnections: previous?.maxServerConnections ?? 0,
+        cacheTtl: undefined,
+      },
+      until: this.now() + 3_600_000,
+    });
+  }
+
+  private async wake(endpointId: string): Promise<EndpointRoute> {
+    let route: EndpointRoute | undefined;
+    try {
+      route = (await this.options.controlPlane.wakeEndpoint({ endpointId }, { deadline: new Date(Date.now() + this.options.wakeTimeoutMs) })).route;
+    } catch (error) {
+      if (error instanceof ClientError) {
+        if (error.code === Status.NOT_FOUND) throw new RoutingError(`endpoint ${endpointId} does not exist`, '08001', 'Check the endpoint id (spg99 endpoints list --project pj-…).');
+        if (error.code === Status.DEADLINE_EXCEEDED) {
+          throw new RoutingError(`endpoint ${endpointId} did not start within ${Math.round(this.options.wakeTimeoutMs / 1000)} s`, '08001', 'Try again; if it keeps failing, look at the endpoint\'s state (spg99 endpoints get).');
+        }
+        if (error.code === Status.FAILED_PRECONDITION) throw new RoutingError(`endpoint ${endpointId} cannot start: ${error.details}`, '08001', 'Start it again with spg99 endpoints start, or look at its state.');
+      }
+      throw unavailable(error);
+    }
+    if (!route || route.state !== EndpointState.ENDPOINT_STATE_RUNNING || !route.postgresAddress) {
+      throw new RoutingError(`endpoint ${endpointId} is not running yet`, '08001', 'Try again in a moment.');
+    }
+    const ttlMs = route.cacheTtl ? Number(route.cacheTtl.seconds) * 1000 + Math.floor(route.cacheTtl.nanos / 1e6) : 5_000;
+    this.routes.set(endpointId, { route, until: this.now() + Math.max(ttlMs, 1_000) });
+    return route;
+  }
+
+  /** Throws when `client` failed too many logins at the endpoint lately. */
+  checkAuthRate(client: string, endpointId: string): void {
+    const recent = this.recentFailures(`${client}\0${endpointId}`);
+    if (recent.length >= (this.options.maxAuthFailures ?? 10)) {
+      throw new RoutingError(
+        `too many failed password attempts for endpoint ${endpointId} from ${client}`,
+        '28000',
+        `Wait ${Math.round((this.options.failureWindowMs ?? 60_000) / 1000)} s before trying again.`,
+      );
+    }
+  }
+
+  recordAuthFailure(client: string, endpointId: string): void {
+    const key = `${client}\0${endpointId}`;
+    const recent = this.recentFailures(key);
+    recent.push(this.now());
+    this.failures.set(key, recent);
+  }
+
+  private recentFailures(key: string): number[] {
+    const since = this.now() - (this.options.failureWindowMs ?? 60_000);
+    const recent = (this.failures.get(key) ?? []).filter((at) => at > since);
+    if (recent.length === 0) this.failures.delete(key);
+    return recent;
+  }
+}
+
+function unavailable(error: unknown): RoutingError {
+  const detail = error instanceof Error ? error.message : String(error);
+  return new RoutingError(`the control plane is not reachable (${detail.slice(0, 200)})`, '08001', 'Try again in a moment.');
+}

@@ -1,0 +1,747 @@
+/**
+ * One client connection after its startup packet: authentication (SCRAM-SHA-256 against the role's verifier, before
+ * anything wakes), wake-on-connect, the login answer, and then the proxying itself in one of two modes:
+ *
+ * - **session**: the client owns one server connection until it leaves; bytes pass through untouched.
+ * - **transaction**: a server connection is taken at the first message of a transaction and given back at the
+ *   ReadyForQuery that ends it ('I' with nothing outstanding). Named prepared statements are made to work across
+ *   server connections: the client's names are mapped to pooler-wide names derived from the query text, a server
+ *   connection that lacks one is sent its Parse first (and the ParseComplete it answers is swallowed), and a Parse
+ *   or Close the server does not need is answered by the gateway. A FIFO of what each forwarded message will be
+ *   answered with keeps those answers in the client's order, also when an error makes Postgres skip to the Sync.
+ *   Statements that change the session (SET, PREPARE, LISTEN, temporary tables, advisory locks...) mark the server
+ *   connection dirty, and it is reset (DISCARD ALL) before another client gets it.
+ */
+import { createHash, randomBytes, randomInt } from 'node:crypto';
+import type { Socket } from 'node:net';
+import type { Logger } from '../lib/log.js';
+import { counter, histogram } from '../lib/metrics.js';
+import { createVerifier, ScramAuthError, ScramProtocolError, ScramServerSession, parseVerifier } from '../lib/scram.js';
+import type { EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import { PoolTimeoutError, type Pool } from './pool.js';
+import {
+  authenticationOk,
+  authenticationSasl,
+  authenticationSaslContinue,
+  authenticationSaslFinal,
+  backendKeyData,
+  bindMessage,
+  CLOSE_COMPLETE,
+  errorResponse,
+  FrameScanner,
+  MessageType,
+  PARSE_COMPLETE,
+  parameterStatus,
+  parseMessage,
+  ProtocolError,
+  readBind,
+  readCString,
+  readParse,
+  readQuery,
+  readTarget,
+  readyForQuery,
+  targetMessage,
+} from './protocol.js';
+import { endpointOf, RoutingError, type EndpointName, type Routing } from './routing.js';
+import { ServerConnectError, type ServerConnection } from './server-connection.js';
+
+const authFailures = counter('spg99_gateway_auth_failures_total', 'Failed client logins', ['reason']);
+const wakeSeconds = histogram('spg99_gateway_wake_seconds', 'Time from a client\'s login to a server connection for it (includes cold starts)', [], [0.01, 0.05, 0.2, 0.5, 1, 2, 5, 10, 30, 60]);
+const transactionsTotal = counter('spg99_gateway_transactions_total', 'Transactions pooled in transaction mode');
+
+/** Statements after which a server connection's session is no longer what a fresh one has. */
+const SESSION_CHANGING_STATEMENT = /(^|;)\s*(set|reset|prepare|deallocate|listen|unlisten|declare|discard|load|create\s+(global\s+|local\s+)?temp(orary)?)\b/i;
+const SESSION_CHANGING_CALL = /\b(set_config|pg_advisory_lock|pg_advisory_lock_shared|pg_try_advisory_lock|pg_try_advisory_lock_shared)\s*\(/i;
+
+function changesSession(sql: string): boolean {
+  return SESSION_CHANGING_STATEMENT.test(sql) || SESSION_CHANGING_CALL.test(sql);
+}
+
+/** What a forwarded message will be answered with, in order. */
+interface Expected {
+  kind: 'parse' | 'bind' | 'close' | 'describe' | 'execute' | 'sync' | 'query';
+  /** An answer the gateway gives itself when everything before it is answered. */
+  synthetic?: Buffer;
+  /** The answer belongs to a message the gateway injected: the client never sees it. */
+  swallow?: boolean;
+  /** The pooler-wide statement a Parse creates (forgotten on the server connection if the Parse fails). */
+  statement?: string;
+}
+
+/** A client's prepared statement in transaction mode. */
+interface ClientStatement {
+  globalName: string;
+  query: string;
+  parameterTypes: Buffer;
+}
+
+/** What a session needs from the gateway around it. */
+export interface SessionContext {
+  routing: Routing;
+  log: Logger;
+  /** The pool for these connection settings (created on first use); `credentials` are the client's keys. */
+  pool(key: PoolKey, route: EndpointRoute, credentials: { clientKey: Buffer; serverKey: Buffer }): Pool;
+  /** The longest a message from a client may be. */
+  maxMessageBytes: number;
+  /** Registers the session under its cancel key; answers the key. */
+  register(session: ClientSession): { processId: number; secretKey: number };
+  unregister(session: ClientSession): void;
+  /** Throws a RoutingError when the endpoint has as many clients as it may. */
+  admit(session: ClientSession, route: EndpointRoute | null): void;
+}
+
+/** What distinguishes one pool from another. */
+export interface PoolKey {
+  endpointId: string;
+  database: string;
+  role: string;
+  mode: 'session' | 'transaction';
+  /** Startup parameters the server connections are opened with. */
+  parameters: Record<string, string>;
+}
+
+/** Startup parameters passed on to Postgres (others are the gateway's or meaningless behind a pooler). */
+const FORWARDED_PARAMETERS = ['client_encoding', 'datestyle', 'timezone', 'intervalstyle', 'extra_float_digits', 'search_path'];
+
+let nextClientId = 1n;
+
+export type ClientSessionState = 'connecting' | 'idle' | 'active' | 'waiting';
+
+export class ClientSession {
+  readonly clientId = nextClientId++;
+  readonly connectedAt = new Date();
+  endpoint: EndpointName | null = null;
+  database = '';
+  role = '';
+  applicationName = '';
+  mode: 'session' | 'transaction' = 'session';
+  state: ClientSessionState = 'connecting';
+  transactions = 0n;
+  cancelKey = { processId: 0, secretKey: 0 };
+
+  private server: ServerConnection | null = null;
+  private pool: Pool | null = null;
+  private readonly expected: Expected[] = [];
+  private readonly statements = new Map<string, ClientStatement>();
+  /** Client messages that arrived while no server connection was attached (transaction mode). */
+  private pending: Buffer[] = [];
+  private acquiring = false;
+  private closed = false;
+  private clientScanner: FrameScanner | null = null;
+  private serverScanner: FrameScanner | null = null;
+  private toServer: Buffer[] = [];
+  private toClient: Buffer[] = [];
+  private readonly onServerData = (chunk: Buffer) => this.serverData(chunk);
+  private readonly onServerClose = () => this.serverLost();
+
+  constructor(
+    private readonly socket: Socket,
+    readonly remoteAddress: string,
+    readonly tls: boolean,
+    private readonly serverName: string | undefined,
+    private readonly context: SessionContext,
+    private readonly domain: string,
+  ) {}
+
+  /** Runs the login and then proxies until either side leaves. */
+  async run(parameters: Map<string, string>, leftover: Buffer): Promise<void> {
+    const { log } = this.context;
+    const reader = new MessageQueue(this.socket, this.context.maxMessageBytes);
+    if (leftover.length > 0) reader.feed(leftover);
+    try {
+      await this.login(parameters, reader);
+    } catch (error) {
+      reader.stop();
+      this.failLogin(error);
+      return;
+    }
+    const rest = reader.stop();
+    this.state = 'idle';
+    this.startProxy(rest);
+    log.debug({ clientId: String(this.clientId), endpointId: this.endpoint?.endpointId, mode: this.mode }, 'client logged in');
+  }
+
+  /** Where a CancelRequest for this client goes now: its server connection, if it has one. */
+  cancelTarget(): { address: string; processId: number; secretKey: Buffer } | null {
+    const server = this.server;
+    return server ? { address: server.address, processId: server.processId, secretKey: server.secretKey } : null;
+  }
+
+  /** Ends the session (gateway shutdown, endpoint deleted). */
+  terminate(message: string, code = '57P01'): void {
+    if (this.closed) return;
+    this.socket.write(errorResponse({ code, message }));
+    this.close();
+  }
+
+  // ---- Login ----
+
+  private async login(parameters: Map<string, string>, reader: MessageQueue): Promise<void> {
+    const { routing } = this.context;
+    const user = parameters.get('user');
+    if (!user) throw new RoutingError('no user name in the startup packet', '28000', 'Connect with a user name (the role, e.g. owner).');
+    if (parameters.has('replication')) throw new RoutingError('replication connections are not served by the gateway', '08004');
+    const { name, options } = endpointOf(this.serverName, this.domain, parameters.get('options'));
+    this.endpoint = name;
+    this.role = user;
+    this.database = parameters.get('database') || user;
+    this.applicationName = parameters.get('application_name') ?? '';
+    this.context.admit(this, null);
+    routing.checkAuthRate(this.remoteAddress, name.endpointId);
+
+    // Authentication before anything wakes: a wrong password costs the platform nothing.
+    const verifierText = await routing.verifier(name.endpointId, user);
+    const verifier = verifierText ?? createVerifier(randomBytes(24).toString('base64'));
+    const scram = new ScramServerSession(parseVerifier(verifier));
+    this.socket.write(authenticationSasl());
+    const initial = await reader.next();
+    if (initial[0] !== MessageType.password) throw new ProtocolError('expected a SASLInitialResponse');
+    const mechanism = readCString(initial, 5);
+    if (mechanism.value !== 'SCRAM-SHA-256') {
+      throw new RoutingError(`SASL mechanism "${mechanism.value.slice(0, 40)}" is not supported`, '28000', 'Use SCRAM-SHA-256 without channel binding (channel_binding=disable or prefer).');
+    }
+    const length = initial.readInt32BE(mechanism.next);
+    const clientFirst = initial.toString('utf8', mechanism.next + 4, mechanism.next + 4 + Math.max(0, length));
+    this.socket.write(authenticationSaslContinue(scram.handleClientFirst(clientFirst)));
+    const final = await reader.next();
+    if (final[0] !== MessageType.password) throw new ProtocolError('expected a SASLResponse');
+    let outcome: { serverFinal: string; clientKey: Buffer };
+    try {
+      outcome = scram.handleClientFinal(final.toString('utf8', 5));
+      if (verifierText === null) throw new ScramAuthError('no such role');
+    } catch (error) {
+      if (error instanceof ScramAuthError) {
+        routing.recordAuthFailure(this.remoteAddress, name.endpointId);
+        routing.forgetVerifier(name.endpointId, user);
+        authFailures.inc({ reason: 'password' });
+        throw new RoutingError(`password authentication failed for user "${user}"`, '28P01');
+      }
+      throw error;
+    }
+    this.socket.write(authenticationSaslFinal(outcome.serverFinal));
+    const credentials = { clientKey: outcome.clientKey, serverKey: parseVerifier(verifier).serverKey };
+
+    // Wake (when stopped) and take a server connection: its ParameterStatus is what the client is told.
+    const started = Date.now();
+    const server = await this.firstServer(name, options, parameters, credentials);
+    wakeSeconds.observe((Date.now() - started) / 1000);
+    this.cancelKey = this.context.register(this);
+    const hello: Buffer[] = [authenticationOk()];
+    for (const [parameter, value] of server.parameters) hello.push(parameterStatus(parameter, value));
+    hello.push(backendKeyData(this.cancelKey.processId, this.cancelKey.secretKey), readyForQuery('I'));
+    this.socket.write(Buffer.concat(hello));
+    if (this.mode === 'session') this.attach(server);
+    else this.pool!.release(server, true);
+  }
+
+  private async firstServer(
+    name: EndpointName,
+    options: string,
+    parameters: Map<string, string>,
+    credentials: { clientKey: Buffer; serverKey: Buffer },
+  ): Promise<ServerConnection> {
+    const { routing } = this.context;
+    for (let attempt = 1; ; attempt++) {
+      const route = await routing.runningRoute(name.endpointId);
+      this.context.admit(this, route);
+      this.mode = name.pooled ? routing.poolerMode(route) : 'session';
+      const forwarded: Record<string, string> = {};
+      for (const parameter of FORWARDED_PARAMETERS) {
+        const value = parameters.get(parameter);
+        if (value !== undefined) forwarded[parameter] = value;
+      }
+      if (options) forwarded.options = options;
+      // In session mode the client's own application name reaches Postgres; pooled connections are the gateway's.
+      forwarded.application_name = this.mode === 'session' && this.applicationName ? this.applicationName : 'spg99-gateway';
+      this.pool = this.context.pool({ endpointId: name.endpointId, database: this.database, role: this.role, mode: this.mode, parameters: forwarded }, route, credentials);
+      this.state = 'waiting';
+      try {
+        return await this.pool.acquire();
+      } catch (error) {
+        // The cached address may belong to a compute that is gone: ask again (and wake) once.
+        if (error instanceof ServerConnectError && error.unreachable && attempt === 1) {
+          routing.invalidate(name.endpointId);
+          continue;
+        }
+        throw error;
+      }
+    }
+  }
+
+  private failLogin(error: unknown): void {
+    const { log } = this.context;
+    let response: Buffer;
+    if (error instanceof RoutingError) {
+      response = errorResponse({ code: error.code, message: error.message, hint: error.hint });
+    } else if (error instanceof ProtocolError) {
+      response = errorResponse({ code: error.code, message: error.message });
+    } else if (error instanceof ScramProtocolError) {
+      authFailures.inc({ reason: 'protocol' });
+      response = errorResponse({ code: '08P01', message: error.message });
+    } else if (error instanceof ServerConnectError) {
+      response = errorResponse({ code: error.sqlState ?? '08001', message: `cannot connect to the endpoint's database: ${error.message}`, hint: 'Try again in a moment.' });
+    } else if (error instanceof PoolTimeoutError) {
+      response = errorResponse({ code: '53300', message: error.message, hint: 'The endpoint is busy: retry, or use fewer connections at once.' });
+    } else if (error instanceof ClientGone) {
+      this.close();
+      return;
+    } else {
+      log.error({ err: error, clientId: String(this.clientId) }, 'unexpected error during a client login');
+      response = errorResponse({ code: 'XX000', message: 'internal error in the gateway; try again' });
+    }
+    if (!this.closed && !this.socket.destroyed) this.socket.end(response);
+    this.close();
+  }
+
+  // ---- Proxying ----
+
+  private startProxy(rest: Buffer): void {
+    const transaction = this.mode === 'transaction';
+    this.clientScanner = new FrameScanner(
+      transaction ? (type) => type !== MessageType.copyData : (type) => type === MessageType.terminate,
+      this.context.maxMessageBytes,
+      'client',
+    );
+    this.serverScanner = new FrameScanner(
+      transaction ? (type) => type !== MessageType.dataRow && type !== MessageType.copyData && type !== MessageType.noticeResponse : (type) => type === MessageType.readyForQuery,
+      1 << 30,
+      'server',
+    );
+    this.socket.on('data', (chunk: Buffer) => this.clientData(chunk));
+    this.socket.on('close', () => this.close());
+    this.socket.on('error', () => this.close());
+    this.socket.resume();
+    if (rest.length > 0) this.clientData(rest);
+  }
+
+  private clientData(chunk: Buffer): void {
+    if (this.closed) return;
+    try {
+      this.clientScanner!.push(chunk, this.clientSink);
+    } catch (error) {
+      if (error instanceof ProtocolError) {
+        this.context.log.info({ clientId: String(this.clientId), err: error.message }, 'protocol violation by a client');
+        this.socket.end(errorResponse({ code: error.code, message: error.message }));
+      } else {
+        this.context.log.error({ err: error, clientId: String(this.clientId) }, 'unexpected error proxying a client');
+        this.socket.end(errorResponse({ code: 'XX000', message: 'internal error in the gateway' }));
+      }
+      this.close();
+      return;
+    }
+    this.flushToServer();
+  }
+
+  private readonly clientSink = {
+    pass: (bytes: Buffer) => {
+      if (this.server) this.toServer.push(bytes);
+      else this.pending.push(Buffer.from(bytes));
+    },
+    message: (type: number, msg: Buffer) => {
+      if (type === MessageType.terminate) {
+        this.close();
+        return;
+      }
+      if (this.mode === 'session') {
+        this.toServer.push(msg);
+        return;
+      }
+      if (!this.server) {
+        // A message that must not start a transaction's server use on its own.
+        if (type === MessageType.flush && this.expected.length === 0) return;
+        this.pending.push(Buffer.from(msg));
+        this.acquireForTransaction();
+        return;
+      }
+      this.forward(type, msg);
+    },
+  };
+
+  private acquireForTransaction(): void {
+    if (this.acquiring || this.closed) return;
+    this.acquiring = true;
+    this.state = 'waiting';
+    this.pool!.acquire().then(
+      (server) => {
+        this.acquiring = false;
+        if (this.closed) {
+          this.pool!.release(server, true);
+          return;
+        }
+        this.transactions += 1n;
+        transactionsTotal.inc();
+        this.attach(server);
+        const pending = this.pending;
+        this.pending = [];
+        // Replayed through the scanner: the queued bytes are whole messages in order.
+        const replay = new FrameScanner((type) => type !== MessageType.copyData, this.context.maxMessageBytes, 'client');
+        try {
+          for (const bytes of pending) {
+            replay.push(bytes, {
+              pass: (raw) => this.toServer.push(raw),
+              message: (type, msg) => {
+                if (type === MessageType.terminate) this.close();
+                else this.forward(type, msg);
+              },
+            });
+          }
+        } catch (error) {
+          this.socket.end(errorResponse({ code: '08P01', message: (error as Error).message }));
+          this.close();
+          return;
+        }
+        this.flushToServer();
+      },
+      (error: unknown) => {
+        this.acquiring = false;
+        const message =
+          error instanceof PoolTimeoutError
+            ? error.message
+            : `cannot reach the endpoint's database: ${error instanceof Error ? error.message : String(error)}`;
+        if (error instanceof ServerConnectError && error.unreachable && this.endpoint) this.context.routing.invalidate(this.endpoint.endpointId);
+        this.socket.end(errorResponse({ code: error instanceof PoolTimeoutError ? '53300' : '08006', message, hint: 'Reconnect and retry the transaction.' }));
+        this.close();
+      },
+    );
+  }
+
+  private attach(server: ServerConnection): void {
+    this.server = server;
+    this.state = 'active';
+    server.socket.on('data', this.onServerData);
+    server.onClose(this.onServerClose);
+  }
+
+  private detach(): ServerConnection | null {
+    const server = this.server;
+    if (!server) return null;
+    server.socket.off('data', this.onServerData);
+    this.server = null;
+    this.state = 'idle';
+    return server;
+  }
+
+  /** A client message in transaction mode, with a server connection attached. */
+  private forward(type: number, msg: Buffer): void {
+    const server = this.server!;
+    switch (type) {
+      case MessageType.query: {
+        if (changesSession(readQuery(msg))) server.dirty = true;
+        this.expect({ kind: 'query' });
+        this.toServer.push(msg);
+        return;
+      }
+      case MessageType.functionCall:
+        this.expect({ kind: 'query' });
+        this.toServer.push(msg);
+        return;
+      case MessageType.parse: {
+        const { name, query, parameterTypes } = readParse(msg);
+        if (changesSession(query)) server.dirty = true;
+        if (name === '') {
+          this.expect({ kind: 'parse' });
+          this.toServer.push(msg);
+          return;
+        }
+        const globalName = statementName(query, parameterTypes);
+        this.statements.set(name, { globalName, query, parameterTypes: Buffer.from(parameterTypes) });
+        if (server.prepared.has(globalName)) {
+          this.expect({ kind: 'parse', synthetic: PARSE_COMPLETE });
+        } else {
+          server.prepared.add(globalName);
+          this.expect({ kind: 'parse', statement: globalName });
+          this.toServer.push(parseMessage(globalName, query, parameterTypes));
+        }
+        return;
+      }
+      case MessageType.bind: {
+        const { portal, statement, rest } = readBind(msg);
+        const known = statement === '' ? undefined : this.statements.get(statement);
+        this.expect({ kind: 'bind' });
+        if (!known) {
+          this.toServer.push(msg);
+          return;
+        }
+        this.ensurePrepared(server, known);
+        this.toServer.push(bindMessage(portal, known.globalName, rest));
+        return;
+      }
+      case MessageType.describe: {
+        const { target, name } = readTarget(msg);
+        const known = target === 'S' && name !== '' ? this.statements.get(name) : undefined;
+        this.expect({ kind: 'describe' });
+        if (!known) {
+          this.toServer.push(msg);
+          return;
+        }
+        this.ensurePrepared(server, known);
+        this.toServer.push(targetMessage(MessageType.describe, 'S', known.globalName));
+        return;
+      }
+      case MessageType.close: {
+        const { target, name } = readTarget(msg);
+        if (target === 'S' && name !== '' && this.statements.has(name)) {
+          // The server keeps the pooler-wide statement for other clients; the client's name is gone.
+          this.statements.delete(name);
+          this.expect({ kind: 'close', synthetic: CLOSE_COMPLETE });
+          return;
+        }
+        this.expect({ kind: 'close' });
+        this.toServer.push(msg);
+        return;
+      }
+      case MessageType.execute:
+        this.expect({ kind: 'execute' });
+        this.toServer.push(msg);
+        return;
+      case MessageType.sync:
+        this.expect({ kind: 'sync' });
+        this.toServer.push(msg);
+        return;
+      default:
+        // Flush, CopyDone, CopyFail and anything else: no answer of its own.
+        this.toServer.push(msg);
+    }
+  }
+
+  /** Sends the statement's Parse to a server connection that lacks it; its ParseComplete is swallowed. */
+  private ensurePrepared(server: ServerConnection, statement: ClientStatement): void {
+    if (server.prepared.has(statement.globalName)) return;
+    server.prepared.add(statement.globalName);
+    this.expect({ kind: 'parse', swallow: true, statement: statement.globalName });
+    this.toServer.push(parseMessage(statement.globalName, statement.query, statement.parameterTypes));
+  }
+
+  private expect(entry: Expected): void {
+    this.expected.push(entry);
+    this.answerSynthetic();
+  }
+
+  /** Gives the client the gateway's own answers that are now due (everything before them was answered). */
+  private answerSynthetic(): void {
+    while (this.expected.length > 0 && this.expected[0].synthetic) this.toClient.push(this.expected.shift()!.synthetic!);
+  }
+
+  private serverData(chunk: Buffer): void {
+    if (this.closed) return;
+    try {
+      this.serverScanner!.push(chunk, this.serverSink);
+    } catch (error) {
+      this.context.log.warn({ err: error, clientId: String(this.clientId) }, 'bad data from a server connection');
+      this.server?.destroy();
+      this.socket.end(errorResponse({ code: '08006', message: 'the connection to the database broke; reconnect' }));
+      this.close();
+      return;
+    }
+    this.flushToClient();
+    if (this.mode === 'transaction') this.maybeRelease();
+  }
+
+  private readonly serverSink = {
+    pass: (bytes: Buffer) => {
+      this.toClient.push(bytes);
+    },
+    message: (type: number, msg: Buffer) => {
+      if (this.mode === 'session') {
+        if (type === MessageType.readyForQuery && this.server) this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
+        this.toClient.push(msg);
+        return;
+      }
+      this.answer(type, msg);
+    },
+  };
+
+  /** A server message in transaction mode: matched against what was expected. */
+  private answer(type: number, msg: Buffer): void {
+    const head = this.expected[0];
+    switch (type) {
+      case MessageType.readyForQuery:
+        if (this.server) this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
+        if (head && (head.kind === 'sync' || head.kind === 'query')) this.expected.shift();
+        this.toClient.push(msg);
+        break;
+      case MessageType.errorResponse:
+        if (head && head.kind !== 'query') {
+          this.expected.shift();
+          if (head.statement) this.server?.prepared.delete(head.statement);
+          // Postgres skips everything up to the Sync: so are their answers (the gateway's own included).
+          while (this.expected.length > 0 && this.expected[0].kind !== 'sync') {
+            const skipped = this.expected.shift()!;
+            if (skipped.statement && !skipped.synthetic) this.server?.prepared.delete(skipped.statement);
+          }
+        }
+        this.toClient.push(msg);
+        return;
+      case MessageType.parseComplete:
+        if (head?.kind === 'parse') this.expected.shift();
+        if (!head?.swallow) this.toClient.push(msg);
+        break;
+      case MessageType.bindComplete:
+      case MessageType.closeComplete:
+        if (head && (head.kind === 'bind' || head.kind === 'close')) this.expected.shift();
+        this.toClient.push(msg);
+        break;
+      case MessageType.noData:
+      case MessageType.rowDescription:
+        if (head?.kind === 'describe') this.expected.shift();
+        this.toClient.push(msg);
+        break;
+      case MessageType.commandComplete:
+      case MessageType.emptyQueryResponse:
+      case MessageType.portalSuspended:
+        if (head?.kind === 'execute') this.expected.shift();
+        this.toClient.push(msg);
+        break;
+      case MessageType.parameterStatus: {
+        const name = readCString(msg, 5);
+        this.server?.parameters.set(name.value, readCString(msg, name.next).value);
+        this.toClient.push(msg);
+        break;
+      }
+      default:
+        this.toClient.push(msg);
+        return;
+    }
+    this.answerSynthetic();
+  }
+
+  /** Transaction mode: gives the server connection back once the transaction ended and nothing is outstanding. */
+  private maybeRelease(): void {
+    const server = this.server;
+    if (!server || server.transactionStatus !== 'I' || this.expected.length > 0 || this.pending.length > 0 || !this.serverScanner!.atBoundary || !this.clientScanner!.atBoundary) return;
+    this.detach();
+    this.pool!.release(server, true);
+  }
+
+  private flushToServer(): void {
+    const server = this.server;
+    if (!server || this.toServer.length === 0) return;
+    const out = this.toServer;
+    this.toServer = [];
+    const ok = server.socket.write(out.length === 1 ? out[0] : Buffer.concat(out));
+    if (!ok) {
+      this.socket.pause();
+      server.socket.once('drain', () => this.socket.resume());
+    }
+  }
+
+  private flushToClient(): void {
+    if (this.toClient.length === 0) return;
+    const out = this.toClient;
+    this.toClient = [];
+    const ok = this.socket.write(out.length === 1 ? out[0] : Buffer.concat(out));
+    if (!ok && this.server) {
+      const server = this.server;
+      server.socket.pause();
+      this.socket.once('drain', () => server.socket.resume());
+    }
+  }
+
+  /** The server connection closed under the client. */
+  private serverLost(): void {
+    if (this.closed || !this.server) return;
+    this.detach();
+    this.socket.end(errorResponse({ code: '08006', message: 'the connection to the database was lost (the compute stopped or restarted); reconnect' }));
+    this.close();
+  }
+
+  private close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const server = this.detach();
+    if (server && this.pool) {
+      // Reusable only between transactions and with nothing outstanding.
+      const clean = server.transactionStatus === 'I' && this.expected.length === 0 && (this.serverScanner?.atBoundary ?? true);
+      this.pool.release(server, clean);
+    }
+    this.context.unregister(this);
+    if (!this.socket.destroyed) this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1_000).unref();
+  }
+}
+
+/** The client left before the login finished. */
+class ClientGone extends Error {
+  override name = 'ClientGone';
+}
+
+/** Reads whole messages from a client during the login (no pipelining is possible before AuthenticationOk). */
+class MessageQueue {
+  private readonly messages: Buffer[] = [];
+  private readonly scanner: FrameScanner;
+  private waiter: { resolve: (msg: Buffer) => void; reject: (error: Error) => void } | null = null;
+  private failure: Error | null = null;
+  private rest: Buffer[] = [];
+  private stopped = false;
+  private readonly onData = (chunk: Buffer) => this.feed(chunk);
+  private readonly onEnd = () => this.fail(new ClientGone('the client closed the connection during the login'));
+
+  constructor(
+    private readonly socket: Socket,
+    maxMessageBytes: number,
+  ) {
+    this.scanner = new FrameScanner(() => true, Math.min(maxMessageBytes, 64 * 1024), 'client');
+    socket.on('data', this.onData);
+    socket.once('close', this.onEnd);
+    socket.resume();
+  }
+
+  feed(chunk: Buffer): void {
+    if (this.stopped) {
+      this.rest.push(chunk);
+      return;
+    }
+    try {
+      this.scanner.push(chunk, {
+        pass: () => undefined,
+        message: (_type, msg) => {
+          const copy = Buffer.from(msg);
+          if (this.waiter) {
+            const waiter = this.waiter;
+            this.waiter = null;
+            waiter.resolve(copy);
+          } else this.messages.push(copy);
+        },
+      });
+    } catch (error) {
+      this.fail(error as Error);
+    }
+  }
+
+  private fail(error: Error): void {
+    this.failure ??= error;
+    if (this.waiter) {
+      const waiter = this.waiter;
+      this.waiter = null;
+      waiter.reject(error);
+    }
+  }
+
+  next(): Promise<Buffer> {
+    const ready = this.messages.shift();
+    if (ready) return Promise.resolve(ready);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+    });
+  }
+
+  /** Stops listening; answers what arrived after the last message taken (the first messages of the session). */
+  stop(): Buffer {
+    this.stopped = true;
+    this.socket.pause();
+    this.socket.off('data', this.onData);
+    this.socket.off('close', this.onEnd);
+    return Buffer.concat([...this.messages, ...this.rest]);
+  }
+}
+
+/** The pooler-wide name of a prepared statement: the same query and parameter types share one. */
+function statementName(query: string, parameterTypes: Buffer): string {
+  return `spg99_${createHash('sha256').update(query).update(parameterTypes).digest('hex').slice(0, 24)}`;
+}
+
+/** A random cancel key part (Postgres uses a 32-bit process id and secret). */
+export function randomKeyPart(): number {
+  return randomInt(1, 0x7fffffff);
+}

@@ -1,0 +1,90 @@
+/**
+ * The gateway under test: started through the harness on free ports against a control plane of the test, with a
+ * local CA and server certificate generated into a harness directory (src/lib/tls-certs.ts). Clients connect with
+ * `pg` through TLS and SNI (`ep-<id>.localhost`, or `ep-<id>-pooler.localhost` for the endpoint's pooler mode),
+ * or without TLS naming the endpoint in `options` when the gateway allows plaintext.
+ */
+import fs from 'node:fs';
+import pg from 'pg';
+import { createClient, type Client } from 'nice-grpc';
+import { GatewayAdminServiceDefinition } from '../../gen/spg99/gateway/v1/gateway.js';
+import { openChannel } from '../../src/lib/grpc/client.js';
+import { checkLocalServerIdentity, ensureLocalCertificates } from '../../src/lib/tls-certs.js';
+import type { ComponentProcess, Harness, LogLine } from './process.js';
+
+export interface GatewayNodeOptions {
+  /** host:port of the control plane's internal API. */
+  controlPlane: string;
+  /** Accept clients without TLS (default true: tests say when they want it refused). */
+  allowPlaintext?: boolean;
+  args?: string[];
+}
+
+const READY_MESSAGE = 'gateway ready';
+
+/** How a test client reaches an endpoint through the gateway. */
+export interface ConnectOptions {
+  user: string;
+  password: string;
+  database?: string;
+  /** Through the endpoint's pooler mode (`-pooler`), not a dedicated session. */
+  pooled?: boolean;
+  /** TLS with SNI (default), or plaintext with options=endpoint=…. */
+  tls?: boolean;
+  application_name?: string;
+}
+
+export class GatewayNode {
+  private constructor(
+    readonly port: number,
+    readonly adminPort: number,
+    readonly caCert: string,
+    readonly process: ComponentProcess,
+    readonly readyLine: LogLine,
+    readonly admin: Client<typeof GatewayAdminServiceDefinition>,
+  ) {}
+
+  static async start(harness: Harness, options: GatewayNodeOptions): Promise<GatewayNode> {
+    const certificates = await ensureLocalCertificates(harness.tempDir('gateway-tls').path, { domain: 'localhost' });
+    const args = [
+      '--listen', '127.0.0.1:0',
+      '--admin-listen', '127.0.0.1:0',
+      '--metrics-listen', '127.0.0.1:0',
+      '--control-plane', options.controlPlane,
+      '--domain', 'localhost',
+      '--tls-cert', certificates.certFile,
+      '--tls-key', certificates.keyFile,
+      ...(options.allowPlaintext === false ? [] : ['--allow-plaintext']),
+      ...(options.args ?? []),
+    ];
+    const child = harness.spawn('gateway', args, { label: 'gateway', stopFirst: true });
+    const ready = await child.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"` });
+    const channel = openChannel(`127.0.0.1:${Number(ready.adminPort)}`);
+    harness.defer(() => channel.close());
+    return new GatewayNode(Number(ready.port), Number(ready.adminPort), fs.readFileSync(certificates.caCertFile, 'utf8'), child, ready, createClient(GatewayAdminServiceDefinition, channel));
+  }
+
+  /** `pg` client settings for an endpoint through this gateway. */
+  clientConfig(endpointId: string, options: ConnectOptions): pg.ClientConfig {
+    const label = `${endpointId}${options.pooled ? '-pooler' : ''}`;
+    const base: pg.ClientConfig = {
+      host: '127.0.0.1',
+      port: this.port,
+      user: options.user,
+      password: options.password,
+      database: options.database ?? 'postgres',
+      connectionTimeoutMillis: 120_000,
+      application_name: options.application_name,
+    };
+    if (options.tls === false) return { ...base, ssl: false, options: `endpoint=${label}` };
+    return { ...base, ssl: { ca: this.caCert, servername: `${label}.localhost`, checkServerIdentity: checkLocalServerIdentity } };
+  }
+
+  /** A connected `pg` client (errors after connect are swallowed: tests look at query results). */
+  async connect(endpointId: string, options: ConnectOptions): Promise<pg.Client> {
+    const client = new pg.Client(this.clientConfig(endpointId, options));
+    client.on('error', () => undefined);
+    await client.connect();
+    return client;
+  }
+}
