@@ -4,7 +4,7 @@ BIN := node_modules/.bin
 NODE_OPTIONS ?= --enable-source-maps
 export NODE_OPTIONS
 
-.PHONY: help install system-deps gen gen-check lint build test test-unit test-integration up down status bench bench-wal bench-pageserver clean
+.PHONY: help install system-deps gen gen-check lint build test test-unit test-integration up down status bench bench-wal bench-pageserver bench-gateway clean
 
 help: ## Lists the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -55,13 +55,16 @@ down: ## Stops what `make up` started
 status: ## Shows what `make up` runs
 	node dist/scripts/local-cluster.js status
 
-bench: bench-wal bench-pageserver ## Runs every benchmark
+bench: bench-wal bench-pageserver bench-gateway ## Runs every benchmark
 
 bench-wal: build ## pgbench through the walproposer and three safekeepers vs. plain Postgres
 	node dist/bench/wal-quorum.js
 
 bench-pageserver: build ## GetPage@LSN vs pread, basebackup FULL vs THIN, new-compute start (pgbench scale 50)
 	node dist/bench/pageserver.js
+
+bench-gateway: build ## pgbench -S through the gateway vs PgBouncer (installs it) and direct, with and without TLS; cold starts
+	node dist/bench/gateway.js
 
 clean: ## Removes build output and local cluster data
 	rm -rf dist .spg99

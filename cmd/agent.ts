@@ -14,6 +14,7 @@ import { ControlPlaneLink } from '../src/agent/control-plane-link.js';
 import { ENDPOINT_ID_PATTERN, type RoleVerifier } from '../src/agent/model.js';
 import { readRolesFile } from '../src/agent/roles.js';
 import { computeService } from '../src/agent/service.js';
+import { awaitStandbyFlags } from '../src/lib/standby.js';
 import { ComputeServiceDefinition, ComputeState } from '../gen/spg99/compute/v1/compute.js';
 
 const spec = {
@@ -27,6 +28,11 @@ const spec = {
   appendSocket: { kind: 'boolean', description: 'stream WAL over the safekeepers\' framed Append transport when they offer it (else gRPC)', default: true },
   walBufferMb: { kind: 'integer', description: 'WAL kept in memory for lagging safekeepers, in MiB (older WAL comes from their peers)', default: 64, min: 1 },
   pageserver: { kind: 'string', description: 'host:port of the pageserver: with an empty data directory, start from its basebackup', default: '' },
+  cachedDataLsn: {
+    kind: 'string',
+    description: 'the data directory was cached at this LSN (decimal) by a clean stop: used when the timeline still ends there, else replaced by a basebackup',
+    default: '',
+  },
   endpointId: { kind: 'string', description: 'the endpoint this compute serves (ep-…); required with --control-plane', default: '' },
   controlPlane: { kind: 'string', description: 'host:port of the control plane\'s internal service (lease renewal, reports); empty: standalone', default: '' },
   leaseTtlS: { kind: 'integer', description: 'the writer lease duration asked for at each renewal (renewed every third of it), in seconds', default: 30, min: 1, max: 3600 },
@@ -37,6 +43,15 @@ const spec = {
 } as const;
 
 const COMPUTE_SERVICE = 'spg99.compute.v1.ComputeService';
+
+function cachedDataLsn(text: string): bigint | undefined {
+  if (text === '') return undefined;
+  if (!/^[0-9]{1,20}$/.test(text)) throw new ConfigError(`--cached-data-lsn must be a decimal LSN, got "${text.slice(0, 40)}"`);
+  return BigInt(text);
+}
+
+// A standby (started by the provisioner ahead of need) learns its flags here, with its modules already loaded.
+await awaitStandbyFlags('spg99-agent', '--compute-id');
 
 await runComponent('agent', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
@@ -69,6 +84,7 @@ await runComponent('agent', spec, async (config) => {
     pgPort,
     createTimeline: config.createTimeline,
     pageserver: config.pageserver || undefined,
+    cachedDataLsn: cachedDataLsn(config.cachedDataLsn),
     walBufferBytes: config.walBufferMb * 1024 * 1024,
     useAppendSocket: config.appendSocket,
     roles,

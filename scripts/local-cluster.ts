@@ -1,7 +1,7 @@
 /**
  * `make up` / `make down` / `make status`: a local SPG99 in `.spg99/` — Redis (the catalog, AOF on), three
  * safekeepers, a pageserver on local-filesystem object storage, the provisioner (process driver: computes are local
- * agent + Postgres processes) and the control plane — started as background processes that outlive the command,
+ * agent + Postgres processes), the control plane and the gateway (TLS with a local CA in `.spg99/tls/`) — started as background processes that outlive the command,
  * with logs in `.spg99/logs/`. The first `make up` creates a tenant (its admin API key is kept in
  * `.spg99/credentials.json`, mode 0600) and a demo project, wakes the demo endpoint and prints how to connect. Data
  * survives `make down`; the next `make up` brings back the same databases.
@@ -15,6 +15,7 @@ import { performance } from 'node:perf_hooks';
 import { createSpgClient, openChannel } from '../src/lib/grpc/client.js';
 import { ClientError, Status } from '../src/lib/grpc/errors.js';
 import { pingRedis, redisServerBinary, writeRedisConfig } from '../src/lib/redis.js';
+import { ensureLocalCertificates } from '../src/lib/tls-certs.js';
 import {
   ControlPlaneInternalServiceDefinition,
   ControlPlaneServiceDefinition,
@@ -27,6 +28,7 @@ const stateFile = path.join(home, 'cluster.json');
 const credentialsFile = path.join(home, 'credentials.json');
 const operatorTokenFile = path.join(home, 'operator-token');
 const logDir = path.join(home, 'logs');
+const tlsDir = path.join(home, 'tls');
 
 /** Where everything listens (each overridable by an environment variable). */
 const ports = {
@@ -35,6 +37,8 @@ const ports = {
   pageserver: Number(process.env.SPG99_PAGESERVER_PORT ?? 7600),
   controlPlane: Number(process.env.SPG99_CONTROL_PLANE_PORT ?? 7700),
   provisioner: Number(process.env.SPG99_PROVISIONER_PORT ?? 7800),
+  gateway: Number(process.env.SPG99_GATEWAY_PORT ?? 5432),
+  gatewayAdmin: Number(process.env.SPG99_GATEWAY_ADMIN_PORT ?? 7900),
 };
 
 interface ClusterState {
@@ -155,11 +159,7 @@ async function bootstrap(): Promise<Credentials> {
   if (!credentials.demo) {
     const clients = controlPlaneClients(credentials.apiKey);
     try {
-      // The demo never suspends: until the gateway wakes endpoints on connect, a suspended one needs `spg99 endpoints start`.
-      const project = await clients.api.createProject(
-        { name: 'demo', defaultEndpointSettings: { suspendTimeout: { seconds: 0n, nanos: 0 } } },
-        { deadline: new Date(Date.now() + 180_000) },
-      );
+      const project = await clients.api.createProject({ name: 'demo' }, { deadline: new Date(Date.now() + 180_000) });
       credentials.demo = {
         projectId: project.project!.projectId,
         branchId: project.defaultBranch!.branchId,
@@ -186,16 +186,19 @@ async function wakeDemo(credentials: Credentials): Promise<string> {
   }
 }
 
-function printConnection(credentials: Credentials, postgresAddress: string, readiness?: string): void {
+function printConnection(credentials: Credentials, readiness?: string): void {
   const demo = credentials.demo!;
   const cli = `node ${path.relative(process.cwd(), path.join(root, 'dist', 'cmd', 'spg99.js')) || 'dist/cmd/spg99.js'}`;
+  const caFile = path.join(tlsDir, 'ca.crt');
+  // hostaddr: *.localhost names do not resolve everywhere; libpq still sends the host name as SNI and checks it.
+  const conninfo = `host=${demo.endpointId}.localhost hostaddr=127.0.0.1 port=${ports.gateway} user=${demo.role} dbname=postgres sslmode=verify-full sslrootcert=${caFile}`;
   console.log(`
 SPG99 is up.
   API key:       export SPG99_API_KEY=${credentials.apiKey}   (kept in ${credentialsFile})
   CLI:           ${cli} projects list   (control plane 127.0.0.1:${ports.controlPlane})
   Demo project:  ${demo.projectId}, endpoint ${demo.endpointId}, branch ${demo.branchId}
-  Connect:       psql "postgresql://${demo.role}:${demo.password}@${postgresAddress}/postgres"
-                 (straight to the compute: the TLS gateway at ep-<id>.localhost comes next)
+  Connect:       PGPASSWORD=${demo.password} psql "${conninfo}"
+  Gateway:       127.0.0.1:${ports.gateway} (TLS, CA ${caFile}); a stopped endpoint wakes on connect
   Logs:          ${logDir}${readiness ? `\n  Ready in:      ${readiness}` : ''}
   Stop:          make down   (data stays in .spg99/; make up brings it back)`);
 }
@@ -210,7 +213,7 @@ async function up(): Promise<void> {
   }
   if (previous && Object.keys(previous.pids).length > 0 && Object.values(previous.pids).every(alive)) {
     const credentials = await bootstrap();
-    printConnection(credentials, await wakeDemo(credentials));
+    printConnection(credentials);
     return;
   }
   if (previous) await down(true);
@@ -218,8 +221,10 @@ async function up(): Promise<void> {
   try {
     const readiness = await start(state, started);
     const credentials = await bootstrap();
-    const address = await wakeDemo(credentials);
-    printConnection(credentials, address, `${seconds(performance.now() - started)} (${readiness}, demo endpoint running)`);
+    // Woken now so that the first psql is fast; it suspends after its idle timeout and wakes on the next connect.
+    const wakeStarted = performance.now();
+    await wakeDemo(credentials);
+    printConnection(credentials, `${seconds(performance.now() - started)} (${readiness}, demo endpoint woken ${seconds(performance.now() - wakeStarted)})`);
   } catch (error) {
     // Nothing keeps running after a failed start, so `make clean` is safe to follow.
     await down(true);
@@ -284,20 +289,38 @@ async function start(state: ClusterState, started: number): Promise<string> {
     '--safekeepers', safekeepers.join(','),
     '--provisioner', `127.0.0.1:${ports.provisioner}`,
     '--operator-token-file', operatorTokenFile,
+    '--public-port', String(ports.gateway),
   ]);
   state.pids['control-plane'] = controlPlane.pid;
   writeState(state);
   await waitForLog(controlPlaneLog, controlPlaneOffset, 'control plane ready', controlPlane.pid);
   mark('control plane', since);
+
+  since = performance.now();
+  const certificates = await ensureLocalCertificates(tlsDir, { domain: 'localhost' });
+  const gatewayLog = path.join(logDir, 'gateway.log');
+  const gatewayOffset = logSize(gatewayLog);
+  const gateway = launchComponent('gateway', 'gateway', [
+    '--listen', `127.0.0.1:${ports.gateway}`,
+    '--admin-listen', `127.0.0.1:${ports.gatewayAdmin}`,
+    '--control-plane', `127.0.0.1:${ports.controlPlane}`,
+    '--domain', 'localhost',
+    '--tls-cert', certificates.certFile,
+    '--tls-key', certificates.keyFile,
+  ]);
+  state.pids.gateway = gateway.pid;
+  writeState(state);
+  await waitForLog(gatewayLog, gatewayOffset, 'gateway ready', gateway.pid);
+  mark('gateway', since);
   return timings.join(', ');
 }
 
 /**
  * Stop order: the endpoints (their computes put the final WAL on the safekeepers and ask the pageserver for a
- * snapshot), the control plane (so it starts nothing more), the provisioner (it stops computes left running), the
+ * snapshot), the gateway (its clients are told), the control plane (so it starts nothing more), the provisioner (it stops computes left running), the
  * pageserver (it uploads what it ingested), the safekeepers, and Redis last.
  */
-const STOP_ORDER = ['control-plane', 'provisioner', 'pageserver', 'safekeeper', 'redis'];
+const STOP_ORDER = ['gateway', 'control-plane', 'provisioner', 'pageserver', 'safekeeper', 'redis'];
 
 function stopRank(name: string): number {
   const rank = STOP_ORDER.findIndex((prefix) => name.startsWith(prefix));
@@ -364,6 +387,7 @@ function addressOf(name: string): string {
   if (name === 'pageserver') return `127.0.0.1:${ports.pageserver}`;
   if (name === 'control-plane') return `127.0.0.1:${ports.controlPlane}`;
   if (name === 'provisioner') return `127.0.0.1:${ports.provisioner}`;
+  if (name === 'gateway') return `127.0.0.1:${ports.gateway} (admin 127.0.0.1:${ports.gatewayAdmin})`;
   const safekeeper = /^safekeeper-(\d+)$/.exec(name);
   return safekeeper ? `127.0.0.1:${ports.safekeepers[Number(safekeeper[1]) - 1]}` : '';
 }

@@ -47,6 +47,11 @@ export interface ComputeOptions {
   walBufferBytes?: number;
   /** The pageserver holding the timeline's history: a compute without a data directory starts from its basebackup. */
   pageserver?: string;
+  /**
+   * The data directory is a cached one, left by a compute of this timeline that stopped cleanly at this LSN: it is
+   * used when the timeline still ends there, and replaced by a basebackup otherwise.
+   */
+  cachedDataLsn?: bigint;
   /** Extra Postgres settings. */
   pgSettings?: Record<string, string | number>;
   /** Users' roles to create (or update) before the compute counts as running. */
@@ -198,6 +203,7 @@ export class Compute {
       if (this.options.createTimeline) await this.phase('create_timeline', () => this.ensureTimelines());
       const election = await this.phase('election', () => this.proposer.elect(signal));
       this.setState(ComputeState.COMPUTE_STATE_STARTING);
+      if (this.options.cachedDataLsn !== undefined && isInitialized(this.options.pgDataDir)) this.checkCachedData(election);
       if (!isInitialized(this.options.pgDataDir) && this.options.pageserver) {
         await this.phase('basebackup', () => this.fromBasebackup(election, signal));
       } else if (!isInitialized(this.options.pgDataDir)) {
@@ -422,6 +428,23 @@ export class Compute {
       this.fail(`replication from Postgres failed: ${(error as Error).message}`);
       void this.shutdown('immediate');
     });
+  }
+
+  /**
+   * A cached data directory is the timeline as of its cached LSN. It is kept only when the timeline (its most advanced
+   * safekeeper) ends exactly there: then nothing was written since and the directory is the basebackup the
+   * pageserver would give. Otherwise it is removed, and the start goes on from a basebackup.
+   */
+  private checkCachedData(election: Election): void {
+    const cached = this.options.cachedDataLsn!;
+    const end = election.donor.flushLsn;
+    if (!election.emptyLog && end === cached && this.options.pageserver) {
+      this.phases.cached_data = 0;
+      this.options.log.info({ lsn: formatLsn(cached) }, 'starting from the cached data directory: the timeline ends where it does');
+      return;
+    }
+    this.options.log.info({ cachedLsn: formatLsn(cached), timelineEnd: formatLsn(end) }, 'the cached data directory is stale: starting from a basebackup');
+    fs.rmSync(this.options.pgDataDir, { recursive: true, force: true });
   }
 
   /** Where this term's WAL starts, after checking this Postgres can continue the timeline. */

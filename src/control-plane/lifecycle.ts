@@ -26,6 +26,7 @@
  * One control plane drives the lifecycle at a time (the local platform runs one); several would need a claim on each
  * endpoint's work, which the catalog does not have yet.
  */
+import { EventEmitter } from 'node:events';
 import type { ComputeSpec, ProvisionerServiceDefinition } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import { ComputeState, StopMode } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import type { SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
@@ -102,6 +103,8 @@ export class EndpointLifecycle {
   /** Expired leases are not acted on until a lease ttl after this process began (agents could not renew while it was down). */
   private readonly graceUntil: number;
   private reconciler: { stop: () => Promise<void> } | null = null;
+  /** Endpoint ids, emitted when this process changed their state. */
+  private readonly changes = new EventEmitter();
   private controlPlaneAddress: string;
 
   constructor(private readonly options: EndpointLifecycleOptions) {
@@ -225,8 +228,27 @@ export class EndpointLifecycle {
       const endpoint = await this.options.catalog.getEndpoint(endpointId);
       if (!endpoint) throw failedPrecondition(`endpoint ${endpointId} no longer exists`);
       if (!states.includes(endpoint.state) || Date.now() >= until || signal?.aborted) return endpoint;
-      await sleep(POLL_INTERVAL_MS);
+      // Woken at once by a change made in this process (a cold start's RUNNING); polled for changes made elsewhere.
+      await this.changeOrTimeout(endpointId, Math.min(POLL_INTERVAL_MS, Math.max(0, until - Date.now())));
     }
+  }
+
+  /** Resolves when this process changes the endpoint's state, or after `ms`. */
+  private changeOrTimeout(endpointId: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.changes.off(endpointId, done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.changes.on(endpointId, done);
+    });
+  }
+
+  /** Tells waiters in this process that the endpoint changed. */
+  private changed(endpointId: string): void {
+    this.changes.emit(endpointId);
   }
 
   // ---- Reports from computes ----
@@ -241,6 +263,7 @@ export class EndpointLifecycle {
     );
     if (outcome?.applied) {
       transitionsTotal.inc({ to: 'running' });
+      this.changed(endpointId);
       this.options.log.info({ endpointId, computeId, postgresAddress }, 'endpoint running (reported by its agent)');
     }
   }
@@ -489,6 +512,7 @@ export class EndpointLifecycle {
         throw new Error('the endpoint no longer wants this compute');
       }
       if (done.applied) transitionsTotal.inc({ to: 'running' });
+      this.changed(endpointId);
       log.info({ endpointId, computeId, term: String(term), postgresAddress }, 'endpoint running');
     } catch (error) {
       const reason = `start of compute ${computeId} failed: ${message(error)}`;
@@ -511,6 +535,7 @@ export class EndpointLifecycle {
           return null;
         });
       if (failed?.applied) transitionsTotal.inc({ to: 'failed' });
+      this.changed(endpointId);
     }
   }
 
@@ -559,6 +584,7 @@ export class EndpointLifecycle {
         computeId,
       );
       if (stopped?.applied) transitionsTotal.inc({ to: 'stopped' });
+      this.changed(endpointId);
       log.info({ endpointId, computeId, finalLsn: String(finalLsn) }, 'endpoint stopped');
     } catch (error) {
       log.warn({ endpointId, computeId, err: error }, 'endpoint stop failed');

@@ -21,6 +21,7 @@ import { failedPrecondition, notFound, ServerError, Status } from '../lib/grpc/e
 import type { Logger } from '../lib/log.js';
 import { formatLsn } from '../lib/lsn.js';
 import { freePort } from '../lib/net.js';
+import { STANDBY_FLAG } from '../lib/standby.js';
 import {
   agentArgs,
   ComputeState,
@@ -56,6 +57,10 @@ export interface ProcessDriverOptions {
   maxComputes?: number;
   /** Grace period of the stops of `close()` (default 30 s). */
   closeGraceMs?: number;
+  /** Keep a standby agent process started ahead of need, so that a start skips Node's boot (default true). */
+  standby?: boolean;
+  /** Keep the data directory of a cleanly stopped compute for the next compute of its timeline (default true). */
+  cacheDataDirectories?: boolean;
 }
 
 /** One compute and its agent process. */
@@ -100,6 +105,9 @@ export class ProcessDriver implements ComputeDriver {
   private readonly maxComputes: number;
   private readonly closeGraceMs: number;
   private closed = false;
+  /** An agent process waiting for its command line (see src/agent/standby.ts), or null. */
+  private standby: ChildProcess | null = null;
+  private standbyTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: ProcessDriverOptions) {
     // This file runs as dist/src/provisioner/process-driver.js.
@@ -113,6 +121,88 @@ export class ProcessDriver implements ComputeDriver {
     if (!fs.existsSync(this.agentScript)) throw new Error(`the agent ${this.agentScript} is missing: build first (npx tsc -p .)`);
     fs.mkdirSync(path.join(options.dataDir, 'computes'), { recursive: true });
     fs.mkdirSync(path.join(options.dataDir, 'logs'), { recursive: true });
+    fs.mkdirSync(path.join(options.dataDir, 'cache'), { recursive: true });
+    if (options.standby ?? true) this.prepareStandby(0);
+  }
+
+  /** The environment of agents: SPG99_* variables are agent flags too, so only those that are not the provisioner's. */
+  private agentEnv(): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = {};
+    for (const [name, value] of Object.entries(process.env)) {
+      if (!name.startsWith('SPG99_') || name === 'SPG99_LOG_LEVEL' || name === 'SPG99_POSTGRES_OS_USER') env[name] = value;
+    }
+    return env;
+  }
+
+  /** Starts a standby agent after `delayMs` (later than a start in progress, so as not to compete with it for CPU). */
+  private prepareStandby(delayMs: number): void {
+    if (this.closed || this.standby || this.standbyTimer) return;
+    this.standbyTimer = setTimeout(() => {
+      this.standbyTimer = null;
+      if (this.closed || this.standby) return;
+      const child = spawn(process.execPath, ['--enable-source-maps', this.agentScript, STANDBY_FLAG], { stdio: ['pipe', 'pipe', 'pipe'], env: this.agentEnv() });
+      child.on('error', () => undefined);
+      child.stdin?.on('error', () => undefined);
+      child.once('exit', () => {
+        if (this.standby === child) this.standby = null;
+      });
+      this.standby = child;
+    }, delayMs);
+    this.standbyTimer.unref();
+  }
+
+  /** An agent process running `args` (flags after the script): the standby when there is one, else a new one. */
+  private launchAgent(args: string[]): ChildProcess {
+    const standby = this.standby;
+    this.standby = null;
+    if (standby && standby.exitCode === null && standby.signalCode === null && standby.stdin?.writable) {
+      standby.stdin.write(`${JSON.stringify(args)}\n`);
+      this.prepareStandby(2_000);
+      return standby;
+    }
+    standby?.kill('SIGKILL');
+    // Also started through stdin: its stdin stays open for its life, so it stops when this provisioner is gone.
+    const child = spawn(process.execPath, ['--enable-source-maps', this.agentScript, STANDBY_FLAG], { stdio: ['pipe', 'pipe', 'pipe'], env: this.agentEnv() });
+    child.stdin?.on('error', () => undefined);
+    child.stdin!.write(`${JSON.stringify(args)}\n`);
+    if (this.options.standby ?? true) this.prepareStandby(2_000);
+    return child;
+  }
+
+  /** Where the data directory of a timeline's last clean stop is kept. */
+  private cacheDir(timelineId: string): string {
+    return path.join(this.options.dataDir, 'cache', timelineId);
+  }
+
+  /** Moves the timeline's cached data directory to `pgDataDir` (taking it: one compute only); answers its LSN. */
+  private takeCachedData(timelineId: string, pgDataDir: string): bigint | null {
+    if (!(this.options.cacheDataDirectories ?? true)) return null;
+    const directory = this.cacheDir(timelineId);
+    try {
+      const { lsn } = JSON.parse(fs.readFileSync(path.join(directory, 'cached.json'), 'utf8')) as { lsn: string };
+      fs.renameSync(path.join(directory, 'pgdata'), pgDataDir);
+      return BigInt(lsn);
+    } catch {
+      return null;
+    } finally {
+      fs.rmSync(directory, { recursive: true, force: true });
+    }
+  }
+
+  /** Keeps a cleanly stopped compute's data directory (it ends at `finalLsn`) for the next compute of its timeline. */
+  private storeCachedData(compute: ManagedCompute, finalLsn: bigint): void {
+    if (!(this.options.cacheDataDirectories ?? true) || finalLsn === 0n || !fs.existsSync(compute.pgDataDir)) return;
+    const directory = this.cacheDir(compute.spec.timelineId);
+    try {
+      fs.rmSync(directory, { recursive: true, force: true });
+      fs.mkdirSync(directory, { recursive: true });
+      fs.renameSync(compute.pgDataDir, path.join(directory, 'pgdata'));
+      // Written last: a directory without it is not a cache, whatever else it holds.
+      fs.writeFileSync(path.join(directory, 'cached.json'), `${JSON.stringify({ lsn: finalLsn.toString(), computeId: compute.computeId, cachedAt: new Date().toISOString() })}\n`);
+    } catch (error) {
+      this.options.log.warn({ err: error, computeId: compute.computeId }, 'could not keep the data directory of a stopped compute; the next start uses a basebackup');
+      fs.rmSync(directory, { recursive: true, force: true });
+    }
   }
 
   async ensure(computeId: string, spec: ComputeSpec): Promise<ComputeView> {
@@ -194,6 +284,9 @@ export class ProcessDriver implements ComputeDriver {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.standbyTimer) clearTimeout(this.standbyTimer);
+    this.standby?.kill('SIGTERM');
+    this.standby = null;
     await Promise.all(
       [...this.computes.values()]
         .filter((compute) => !FINAL_STATES.has(compute.state))
@@ -258,6 +351,7 @@ export class ProcessDriver implements ComputeDriver {
     const { spec, computeId } = compute;
     fs.rmSync(compute.pgDataDir, { recursive: true, force: true });
     fs.mkdirSync(compute.directory, { recursive: true });
+    const cachedLsn = compute.restartCount === 0 ? this.takeCachedData(spec.timelineId, compute.pgDataDir) : null;
     const rolesFile = writeRolesFile(compute.directory, spec.roles);
     const args = agentArgs(computeId, spec, {
       agentScript: this.agentScript,
@@ -266,13 +360,9 @@ export class ProcessDriver implements ComputeDriver {
       listen: `127.0.0.1:${compute.grpcPort}`,
       metricsListen: '127.0.0.1:0',
       rolesFile,
-    });
-    // The agent reads SPG99_* variables as its own flags: pass on only those that are not flags of the provisioner.
-    const env: NodeJS.ProcessEnv = {};
-    for (const [name, value] of Object.entries(process.env)) {
-      if (!name.startsWith('SPG99_') || name === 'SPG99_LOG_LEVEL' || name === 'SPG99_POSTGRES_OS_USER') env[name] = value;
-    }
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    }).slice(2);
+    if (cachedLsn !== null) args.push('--cached-data-lsn', cachedLsn.toString());
+    const child = this.launchAgent(args);
     compute.child = child;
     compute.startFailure = null;
     compute.startedAt = new Date();
@@ -387,6 +477,8 @@ export class ProcessDriver implements ComputeDriver {
       clearTimeout(killTimer);
     }
     await this.stopOrphanPostgres(compute);
+    // A clean stop leaves a data directory that ends at the final LSN: the next start of the timeline may use it.
+    if (finalLsn > 0n) this.storeCachedData(compute, finalLsn);
     fs.rmSync(compute.directory, { recursive: true, force: true });
     compute.channel?.close();
     compute.channel = null;

@@ -22,6 +22,8 @@ export interface ComputeOptions {
   pgDataDir?: string;
   /** host:port of the pageserver to start from (with an empty data directory). */
   pageserver?: string;
+  /** The data directory is a cache of a clean stop at this LSN (--cached-data-lsn). */
+  cachedDataLsn?: bigint;
   /** Wait for "agent ready" (default true). */
   waitReady?: boolean;
   /** Create the timeline on safekeepers that lack it (--create-timeline). */
@@ -74,6 +76,7 @@ export class ComputeNode {
       '--timeline-id', options.timelineId,
       '--term', String(options.term),
       '--safekeepers', options.safekeepers.map((node) => node.address).join(','),
+      ...(options.cachedDataLsn !== undefined ? ['--cached-data-lsn', options.cachedDataLsn.toString()] : []),
       '--pg-data-dir', pgDataDir,
       '--pg-port', String(pgPort),
       '--listen', `127.0.0.1:${grpcPort}`,

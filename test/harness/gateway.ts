@@ -80,6 +80,18 @@ export class GatewayNode {
     return { ...base, ssl: { ca: this.caCert, servername: `${label}.localhost`, checkServerIdentity: checkLocalServerIdentity } };
   }
 
+  /** The port of the gateway's Prometheus endpoint (from its "gateway ready" line). */
+  get metricsPort(): number {
+    return Number(this.readyLine.metricsPort);
+  }
+
+  /** The gateway's metrics in the Prometheus text format. */
+  async metrics(): Promise<string> {
+    const response = await fetch(`http://127.0.0.1:${this.metricsPort}/metrics`, { signal: AbortSignal.timeout(10_000) });
+    if (!response.ok) throw new Error(`the gateway's /metrics answered HTTP ${response.status}`);
+    return response.text();
+  }
+
   /** A connected `pg` client (errors after connect are swallowed: tests look at query results). */
   async connect(endpointId: string, options: ConnectOptions): Promise<pg.Client> {
     const client = new pg.Client(this.clientConfig(endpointId, options));

@@ -69,7 +69,10 @@ export class ProvisionerNode {
     return fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
   }
 
-  /** The pids of the agent processes this provisioner started (its children running dist/cmd/agent.js). */
+  /**
+   * The pids of the agent processes of computes this provisioner runs (its children running dist/cmd/agent.js with
+   * a compute's flags, or standbys that became one: titled `spg99-agent cp-…`); an idle standby is not one.
+   */
   agentPids(): number[] {
     const pids: number[] = [];
     for (const entry of fs.readdirSync('/proc')) {
@@ -79,7 +82,7 @@ export class ProvisionerNode {
         const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
         if (parent !== this.process.pid) continue;
         const cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-        if (cmdline.includes('cmd/agent.js')) pids.push(Number(entry));
+        if (cmdline.startsWith('spg99-agent cp-') || (cmdline.includes('cmd/agent.js') && !cmdline.includes('--standby'))) pids.push(Number(entry));
       } catch {
         // Gone meanwhile.
       }

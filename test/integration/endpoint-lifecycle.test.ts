@@ -138,6 +138,8 @@ describe('endpoint lifecycle (control plane, provisioner, safekeepers, pageserve
     expect(woken.state).to.equal(EndpointState.ENDPOINT_STATE_RUNNING);
     expect(woken.postgresAddress).to.match(/^127\.0\.0\.1:[0-9]+$/);
     expect(woken.computeId).to.not.equal(running.currentComputeId);
+    // On the same machine, the stopped compute's data directory served the new one (no basebackup).
+    expect(provisioner.agentLog(woken.computeId)).to.contain('starting from the cached data directory');
     const rewoken = (await api.getEndpoint({ endpointId })).endpoint!;
     expect(rewoken.writerTerm > running.writerTerm, `term ${rewoken.writerTerm} > ${running.writerTerm}`).to.equal(true);
     const again = await connect(woken.postgresAddress);

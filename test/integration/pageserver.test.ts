@@ -91,6 +91,37 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
     return timelineId;
   }
 
+  it('starts from a cached data directory only while the timeline ends where it was cached; else from a basebackup', async () => {
+    const timelineId = await newTimeline();
+    const first = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
+    let client = await connect(first);
+    await client.query('CREATE TABLE kept (id int PRIMARY KEY, note text)');
+    await client.query(`INSERT INTO kept SELECT g, 'first' FROM generate_series(1, 100) g`);
+    await client.end();
+    // A clean stop (what the provisioner caches after): the data directory ends at the final LSN.
+    const { finalLsn } = await first.client.stop({ checkpoint: true });
+    await first.process.stop();
+    const cached = path.join(harness().tempDir('cache').path, 'pgdata');
+    fs.cpSync(first.pgDataDir, cached, { recursive: true });
+
+    // Current: the next compute starts from it, without a basebackup, and sees every row.
+    const second = await ComputeNode.start(harness(), { timelineId, term: 2, safekeepers, pageserver: pageserver.address, pgDataDir: first.pgDataDir, cachedDataLsn: finalLsn });
+    expect(second.process.lines.some((line) => line.msg === 'starting from the cached data directory: the timeline ends where it does')).to.equal(true);
+    expect(second.process.lines.some((line) => line.msg === 'basebackup unpacked')).to.equal(false);
+    client = await connect(second);
+    expect((await client.query('SELECT count(*)::int AS n FROM kept')).rows[0].n).to.equal(100);
+    await client.query(`INSERT INTO kept SELECT g, 'second' FROM generate_series(101, 150) g`);
+    await client.end();
+    await second.client.stop({ checkpoint: true });
+    await second.process.stop();
+
+    // Stale: the copy from before the second writer must not be used; the basebackup has the second writer's rows.
+    const third = await ComputeNode.start(harness(), { timelineId, term: 3, safekeepers, pageserver: pageserver.address, pgDataDir: cached, cachedDataLsn: finalLsn });
+    expect(third.process.lines.some((line) => line.msg === 'the cached data directory is stale: starting from a basebackup')).to.equal(true);
+    client = await connect(third);
+    expect((await client.query(`SELECT count(*)::int AS n, count(*) FILTER (WHERE note = 'second')::int AS later FROM kept`)).rows[0]).to.deep.equal({ n: 150, later: 50 });
+  });
+
   it('starts new computes from the pageserver with the same content, three times in a row', async () => {
     const timelineId = await newTimeline();
     let compute = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
