@@ -96,13 +96,12 @@ export class Pool {
     return { total: this.idle.length + this.busy.size, active: this.busy.size, idle: this.idle.length, waiting: this.waiters.length };
   }
 
-  /** A connection for a client: idle, new, or after waiting in line. */
-  async acquire(): Promise<ServerConnection> {
-    await this.options.gate.pass();
-    if (this.closed) throw new Error('the pool was closed');
+  /** An idle connection at once, without waiting, when there is one and the endpoint is not paused; else null. */
+  tryAcquire(): ServerConnection | null {
+    if (this.closed || this.options.gate.paused) return null;
     for (;;) {
       const connection = this.idle.pop();
-      if (!connection) break;
+      if (!connection) return null;
       if (connection.broken || (this.backendAddress && connection.address !== this.backendAddress)) {
         connection.close();
         continue;
@@ -110,6 +109,14 @@ export class Pool {
       this.busy.add(connection);
       return connection;
     }
+  }
+
+  /** A connection for a client: idle, new, or after waiting in line. */
+  async acquire(): Promise<ServerConnection> {
+    await this.options.gate.pass();
+    if (this.closed) throw new Error('the pool was closed');
+    const idle = this.tryAcquire();
+    if (idle) return idle;
     if (this.size < this.options.maxSize) return this.openForClient();
     const since = Date.now();
     return new Promise<ServerConnection>((resolve, reject) => {

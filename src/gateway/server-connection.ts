@@ -65,6 +65,8 @@ export class ServerConnection {
   /** Set once the socket failed or closed: never reused. */
   broken = false;
   lastUsedAt = Date.now();
+  /** The client session using this connection now: told when it breaks. */
+  owner: { serverLost(): void } | null = null;
   private closeListeners: Array<() => void> = [];
 
   private constructor(
@@ -75,6 +77,7 @@ export class ServerConnection {
     socket.on('close', () => {
       this.broken = true;
       for (const listener of this.closeListeners.splice(0)) listener();
+      this.owner?.serverLost();
     });
     socket.on('error', () => {
       this.broken = true;

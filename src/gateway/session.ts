@@ -132,7 +132,6 @@ export class ClientSession {
   private toServer: Buffer[] = [];
   private toClient: Buffer[] = [];
   private readonly onServerData = (chunk: Buffer) => this.serverData(chunk);
-  private readonly onServerClose = () => this.serverLost();
 
   constructor(
     private readonly socket: Socket,
@@ -349,9 +348,15 @@ export class ClientSession {
       if (!this.server) {
         // A message that must not start a transaction's server use on its own.
         if (type === MessageType.flush && this.expected.length === 0) return;
-        this.pending.push(Buffer.from(msg));
-        this.acquireForTransaction();
-        return;
+        // The common case: a free connection, taken at once; the message goes straight on.
+        const idle = this.acquiring ? null : this.pool!.tryAcquire();
+        if (idle) {
+          this.startTransaction(idle);
+        } else {
+          this.pending.push(Buffer.from(msg));
+          this.acquireForTransaction();
+          return;
+        }
       }
       this.forward(type, msg);
     },
@@ -368,9 +373,7 @@ export class ClientSession {
           this.pool!.release(server, true);
           return;
         }
-        this.transactions += 1n;
-        transactionsTotal.inc();
-        this.attach(server);
+        this.startTransaction(server);
         const pending = this.pending;
         this.pending = [];
         // Replayed through the scanner: the queued bytes are whole messages in order.
@@ -405,17 +408,26 @@ export class ClientSession {
     );
   }
 
+  /** Transaction mode: a server connection for the transaction that begins. */
+  private startTransaction(server: ServerConnection): void {
+    this.transactions += 1n;
+    transactionsTotal.inc();
+    this.attach(server);
+  }
+
   private attach(server: ServerConnection): void {
     this.server = server;
     this.state = 'active';
+    server.owner = this;
     server.socket.on('data', this.onServerData);
-    server.onClose(this.onServerClose);
+    if (server.broken) this.serverLost();
   }
 
   private detach(): ServerConnection | null {
     const server = this.server;
     if (!server) return null;
     server.socket.off('data', this.onServerData);
+    server.owner = null;
     this.server = null;
     this.state = 'idle';
     return server;
@@ -638,7 +650,7 @@ export class ClientSession {
   }
 
   /** The server connection closed under the client. */
-  private serverLost(): void {
+  serverLost(): void {
     if (this.closed || !this.server) return;
     this.detach();
     this.socket.end(errorResponse({ code: '08006', message: 'the connection to the database was lost (the compute stopped or restarted); reconnect' }));
