@@ -11,11 +11,9 @@ import { Status } from '../../src/lib/grpc/errors.js';
 import { ApiKeyScope, EndpointState, type Endpoint } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { ComputeState } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import { useHarness, waitFor } from '../harness/process.js';
-import { RedisNode } from '../harness/redis.js';
-import { ControlPlaneNode, failure, type ControlPlaneClient } from '../harness/control-plane.js';
-import { PageserverNode } from '../harness/pageserver.js';
-import { startSafekeepers } from '../harness/safekeepers.js';
-import { ProvisionerNode } from '../harness/provisioner.js';
+import { failure, type ControlPlaneClient } from '../harness/control-plane.js';
+import type { ProvisionerNode } from '../harness/provisioner.js';
+import { startPlatform } from '../harness/platform.js';
 
 
 async function connect(address: string, credentials: { user: string; password: string } = { user: 'postgres', password: '' }): Promise<pg.Client> {
@@ -58,19 +56,7 @@ describe('endpoint lifecycle (control plane, provisioner, safekeepers, pageserve
   });
 
   async function cluster(options: { controlPlaneArgs?: string[]; suspendTimeoutS?: number } = {}) {
-    const [redis, safekeepers, pageserver, provisioner] = await Promise.all([
-      RedisNode.start(harness()),
-      startSafekeepers(harness(), 3),
-      PageserverNode.start(harness()),
-      ProvisionerNode.start(harness()),
-    ]);
-    const controlPlane = await ControlPlaneNode.start(harness(), {
-      redisUrl: redis.url,
-      pageserver: pageserver.address,
-      safekeepers: safekeepers.map((node) => node.address),
-      provisioner: provisioner.address,
-      args: options.controlPlaneArgs,
-    });
+    const { controlPlane, provisioner, pageserver } = await startPlatform(harness(), { controlPlaneArgs: options.controlPlaneArgs });
     const created = await controlPlane.operator().createTenant({ name: 'acme' });
     const api = controlPlane.client(created.apiKeySecret);
     const project = await api.createProject({

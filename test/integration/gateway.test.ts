@@ -10,11 +10,8 @@ import pg from 'pg';
 import { EndpointState, PoolerMode } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { ClientState, PoolMode } from '../../gen/spg99/gateway/v1/gateway.js';
 import { useHarness, waitFor } from '../harness/process.js';
-import { RedisNode } from '../harness/redis.js';
-import { ControlPlaneNode, type ControlPlaneClient } from '../harness/control-plane.js';
-import { PageserverNode } from '../harness/pageserver.js';
-import { startSafekeepers } from '../harness/safekeepers.js';
-import { ProvisionerNode } from '../harness/provisioner.js';
+import type { ControlPlaneClient } from '../harness/control-plane.js';
+import { startPlatform } from '../harness/platform.js';
 import { GatewayNode } from '../harness/gateway.js';
 import { checkLocalServerIdentity } from '../../src/lib/tls-certs.js';
 
@@ -41,18 +38,7 @@ describe('gateway (TLS, routing, SCRAM, wake-on-connect, pooler; real processes)
   });
 
   async function platform(options: { poolerMode?: PoolerMode; gatewayArgs?: string[]; allowPlaintext?: boolean } = {}) {
-    const [redis, safekeepers, pageserver, provisioner] = await Promise.all([
-      RedisNode.start(harness()),
-      startSafekeepers(harness(), 3),
-      PageserverNode.start(harness()),
-      ProvisionerNode.start(harness()),
-    ]);
-    const controlPlane = await ControlPlaneNode.start(harness(), {
-      redisUrl: redis.url,
-      pageserver: pageserver.address,
-      safekeepers: safekeepers.map((node) => node.address),
-      provisioner: provisioner.address,
-    });
+    const { controlPlane, provisioner } = await startPlatform(harness());
     const gateway = await GatewayNode.start(harness(), { controlPlane: controlPlane.address, allowPlaintext: options.allowPlaintext, args: options.gatewayArgs });
     const created = await controlPlane.operator().createTenant({ name: 'acme' });
     const api = controlPlane.client(created.apiKeySecret);
