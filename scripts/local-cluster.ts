@@ -5,6 +5,13 @@
  * with logs in `.spg99/logs/`. The first `make up` creates a tenant (its admin API key is kept in
  * `.spg99/credentials.json`, mode 0600) and a demo project, wakes the demo endpoint and prints how to connect. Data
  * survives `make down`; the next `make up` brings back the same databases.
+ *
+ * Environment: `SPG99_HOME` moves the state directory (default `<repo>/.spg99`), so that a test can run a whole
+ * platform in a temporary directory; the ports are `SPG99_REDIS_PORT`, `SPG99_SAFEKEEPER{1,2,3}_PORT`,
+ * `SPG99_PAGESERVER_PORT`, `SPG99_CONTROL_PLANE_PORT`, `SPG99_PROVISIONER_PORT`, `SPG99_GATEWAY_PORT` and
+ * `SPG99_GATEWAY_ADMIN_PORT`. With `SPG99_UP_JSON=1`, `up` also prints one line for programs after the text for people:
+ * `SPG99_UP_JSON {"home":…,"tenantId":…,"apiKey":…,"controlPlane":"127.0.0.1:7700","gatewayPort":5432,"caFile":…,
+ * "demo":{"projectId":…,"branchId":…,"endpointId":…,"role":…,"password":…}}`.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -23,7 +30,9 @@ import {
 } from '../gen/spg99/controlplane/v1/controlplane.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const home = path.join(root, '.spg99');
+const home = process.env.SPG99_HOME ? path.resolve(process.env.SPG99_HOME) : path.join(root, '.spg99');
+/** The state directory as messages name it: relative when under the working directory (`.spg99/` for make). */
+const homeShown = `${shownPath(home)}/`;
 const stateFile = path.join(home, 'cluster.json');
 const credentialsFile = path.join(home, 'credentials.json');
 const operatorTokenFile = path.join(home, 'operator-token');
@@ -54,6 +63,12 @@ interface Credentials {
   demo?: { projectId: string; branchId: string; endpointId: string; role: string; password: string };
 }
 
+/** `file` relative to the working directory when it lies under it, else absolute. */
+function shownPath(file: string): string {
+  const relative = path.relative(process.cwd(), file);
+  return relative === '' || relative.startsWith('..') || path.isAbsolute(relative) ? file : relative;
+}
+
 function readJson<T>(file: string): T | null {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
@@ -81,7 +96,7 @@ function alive(pid: number | undefined): boolean {
   }
 }
 
-/** Starts `binary args` detached, its output appended to .spg99/logs/<name>.log; returns its pid and log. */
+/** Starts `binary args` detached, its output appended to <home>/logs/<name>.log; returns its pid and log. */
 function launch(name: string, binary: string, args: string[]): { pid: number; logFile: string } {
   fs.mkdirSync(logDir, { recursive: true });
   const logFile = path.join(logDir, `${name}.log`);
@@ -195,12 +210,24 @@ function printConnection(credentials: Credentials, readiness?: string): void {
   console.log(`
 SPG99 is up.
   API key:       export SPG99_API_KEY=${credentials.apiKey}   (kept in ${credentialsFile})
-  CLI:           ${cli} projects list   (control plane 127.0.0.1:${ports.controlPlane})
+  CLI:           ${ports.controlPlane === 7700 ? '' : `SPG99_API=127.0.0.1:${ports.controlPlane} `}${cli} projects list   (control plane 127.0.0.1:${ports.controlPlane})
   Demo project:  ${demo.projectId}, endpoint ${demo.endpointId}, branch ${demo.branchId}
   Connect:       PGPASSWORD=${demo.password} psql "${conninfo}"
   Gateway:       127.0.0.1:${ports.gateway} (TLS, CA ${caFile}); a stopped endpoint wakes on connect
   Logs:          ${logDir}${readiness ? `\n  Ready in:      ${readiness}` : ''}
-  Stop:          make down   (data stays in .spg99/; make up brings it back)`);
+  Stop:          make down   (data stays in ${homeShown}; make up brings it back)`);
+  if (process.env.SPG99_UP_JSON === '1') {
+    const machine = {
+      home,
+      tenantId: credentials.tenantId,
+      apiKey: credentials.apiKey,
+      controlPlane: `127.0.0.1:${ports.controlPlane}`,
+      gatewayPort: ports.gateway,
+      caFile,
+      demo,
+    };
+    console.log(`SPG99_UP_JSON ${JSON.stringify(machine)}`);
+  }
 }
 
 async function up(): Promise<void> {
@@ -369,7 +396,7 @@ async function stopEndpoints(quiet: boolean): Promise<void> {
 async function down(quiet = false): Promise<void> {
   const state = readJson<ClusterState>(stateFile);
   if (!state || Object.keys(state.pids ?? {}).length === 0) {
-    if (!quiet) console.log('nothing is running (no processes recorded in .spg99/cluster.json)');
+    if (!quiet) console.log(`nothing is running (no processes recorded in ${shownPath(stateFile)})`);
     return;
   }
   if (state.version === 2 && alive(state.pids['control-plane'])) await stopEndpoints(quiet);
@@ -402,7 +429,7 @@ async function status(): Promise<void> {
     console.log(`${name.padEnd(14)} pid ${String(pid).padEnd(8)} ${alive(pid) ? 'running' : 'stopped'}  ${addressOf(name)}`);
   }
   if (Object.keys(state.pids).length === 0) {
-    console.log('stopped (data kept in .spg99/)');
+    console.log(`stopped (data kept in ${homeShown})`);
     return;
   }
   const credentials = readJson<Credentials>(credentialsFile);

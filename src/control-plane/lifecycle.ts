@@ -34,6 +34,7 @@ import type { TimelineServiceDefinition } from '../../gen/spg99/pageserver/v1/pa
 import type { SpgClient } from '../lib/grpc/client.js';
 import { ClientError, failedPrecondition, hasStatus, ServerError, Status, unavailable } from '../lib/grpc/errors.js';
 import type { Logger } from '../lib/log.js';
+import { formatLsn } from '../lib/lsn.js';
 import { counter, gauge } from '../lib/metrics.js';
 import type { Catalog } from './catalog.js';
 import { newId } from './ids.js';
@@ -343,11 +344,13 @@ export class EndpointLifecycle {
           this.options.log.warn({ err: error }, 'reconciler pass failed; retrying');
         }
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, this.reconcileIntervalMs);
-          controller.signal.addEventListener('abort', () => {
+          const done = () => {
             clearTimeout(timer);
+            controller.signal.removeEventListener('abort', done);
             resolve();
-          }, { once: true });
+          };
+          const timer = setTimeout(done, this.reconcileIntervalMs);
+          controller.signal.addEventListener('abort', done, { once: true });
         });
       }
     })();
@@ -576,7 +579,7 @@ export class EndpointLifecycle {
         ['suspending'],
         {
           state: 'stopped',
-          stateReason: `${endpoint.stateReason}: compute ${computeId} stopped at LSN ${finalLsn}`,
+          stateReason: `${endpoint.stateReason}: compute ${computeId} stopped at LSN ${formatLsn(finalLsn)}`,
           stateChangedAt: this.now(),
           currentComputeId: '',
           postgresAddress: '',
@@ -585,7 +588,7 @@ export class EndpointLifecycle {
       );
       if (stopped?.applied) transitionsTotal.inc({ to: 'stopped' });
       this.changed(endpointId);
-      log.info({ endpointId, computeId, finalLsn: String(finalLsn) }, 'endpoint stopped');
+      log.info({ endpointId, computeId, finalLsn: formatLsn(finalLsn) }, 'endpoint stopped');
     } catch (error) {
       log.warn({ endpointId, computeId, err: error }, 'endpoint stop failed');
       const failed = await catalog
