@@ -91,6 +91,9 @@ interface ManagedCompute {
   startTimer: NodeJS.Timeout | null;
 }
 
+/** How long after a start the next standby agent is started. */
+const STANDBY_DELAY_MS = 500;
+
 const FINAL_STATES: ReadonlySet<ComputeState> = new Set([ComputeState.COMPUTE_STATE_STOPPED, ComputeState.COMPUTE_STATE_FAILED]);
 
 /** Runs computes as local agent processes. */
@@ -157,7 +160,8 @@ export class ProcessDriver implements ComputeDriver {
     this.standby = null;
     if (standby && standby.exitCode === null && standby.signalCode === null && standby.stdin?.writable) {
       standby.stdin.write(`${JSON.stringify(args)}\n`);
-      this.prepareStandby(2_000);
+      // Soon, but after the adopted agent's busiest moment: the next cold start finds it booted.
+      this.prepareStandby(STANDBY_DELAY_MS);
       return standby;
     }
     standby?.kill('SIGKILL');
@@ -165,7 +169,7 @@ export class ProcessDriver implements ComputeDriver {
     const child = spawn(process.execPath, ['--enable-source-maps', this.agentScript, STANDBY_FLAG], { stdio: ['pipe', 'pipe', 'pipe'], env: this.agentEnv() });
     child.stdin?.on('error', () => undefined);
     child.stdin!.write(`${JSON.stringify(args)}\n`);
-    if (this.options.standby ?? true) this.prepareStandby(2_000);
+    if (this.options.standby ?? true) this.prepareStandby(STANDBY_DELAY_MS);
     return child;
   }
 
