@@ -199,8 +199,12 @@ export class ClientSession {
     if (mechanism.value !== 'SCRAM-SHA-256') {
       throw new RoutingError(`SASL mechanism "${mechanism.value.slice(0, 40)}" is not supported`, '28000', 'Use SCRAM-SHA-256 without channel binding (channel_binding=disable or prefer).');
     }
+    if (initial.length < mechanism.next + 4) throw new ProtocolError('invalid SASLInitialResponse: no length of the initial response');
     const length = initial.readInt32BE(mechanism.next);
-    const clientFirst = initial.toString('utf8', mechanism.next + 4, mechanism.next + 4 + Math.max(0, length));
+    if (length < 0 || mechanism.next + 4 + length !== initial.length) {
+      throw new ProtocolError(`invalid SASLInitialResponse: its response length ${length} does not match the message`);
+    }
+    const clientFirst = initial.toString('utf8', mechanism.next + 4, mechanism.next + 4 + length);
     this.socket.write(authenticationSaslContinue(scram.handleClientFirst(clientFirst)));
     const final = await reader.next();
     if (final[0] !== MessageType.password) throw new ProtocolError('expected a SASLResponse');
