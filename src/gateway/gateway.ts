@@ -153,7 +153,9 @@ export class Gateway {
     socket.once('close', () => this.sockets.delete(socket));
     socket.on('error', () => undefined);
     const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
-    this.handshake(socket, remote).catch((error: unknown) => {
+    const current = { socket: socket as net.Socket };
+    this.handshake(socket, remote, current).catch((error: unknown) => {
+      const socket = current.socket;
       if (error instanceof ProtocolError || error instanceof RoutingError) {
         connectionsTotal.inc({ kind: 'refused' });
         if (!socket.destroyed) socket.end(errorResponse({ code: error.code, message: error.message, hint: error instanceof RoutingError ? error.hint : undefined }));
@@ -164,7 +166,7 @@ export class Gateway {
     });
   }
 
-  private async handshake(raw: net.Socket, remote: string): Promise<void> {
+  private async handshake(raw: net.Socket, remote: string, current: { socket: net.Socket }): Promise<void> {
     let socket: net.Socket = raw;
     let secure = false;
     let serverName: string | undefined;
@@ -173,6 +175,7 @@ export class Gateway {
       // Direct TLS (sslnegotiation=direct): the handshake began without an SSLRequest.
       if (!this.secureContext) throw new ProtocolError('this gateway has no TLS certificate: connect without sslnegotiation=direct', '08P01');
       ({ socket, serverName } = await this.upgrade(replaying(raw, first.leftover)));
+      current.socket = socket;
       secure = true;
       first = await readFirstPacket(socket, this.options.startupTimeoutMs ?? 10_000);
     }
@@ -183,6 +186,7 @@ export class Gateway {
         if (packet.kind === 'ssl' && this.secureContext && !secure) {
           socket.write('S');
           ({ socket, serverName } = await this.upgrade(socket));
+          current.socket = socket;
           secure = true;
         } else {
           socket.write('N');

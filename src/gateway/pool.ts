@@ -107,6 +107,7 @@ export class Pool {
         continue;
       }
       this.busy.add(connection);
+      waitSeconds.observe({ mode: this.options.mode }, 0);
       return connection;
     }
   }
@@ -117,8 +118,12 @@ export class Pool {
     if (this.closed) throw new Error('the pool was closed');
     const idle = this.tryAcquire();
     if (idle) return idle;
-    if (this.size < this.options.maxSize) return this.openForClient();
     const since = Date.now();
+    if (this.size < this.options.maxSize) {
+      const opened = await this.openForClient();
+      waitSeconds.observe({ mode: this.options.mode }, (Date.now() - since) / 1000);
+      return opened;
+    }
     return new Promise<ServerConnection>((resolve, reject) => {
       const waiter: Waiter = {
         since,

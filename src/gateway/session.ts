@@ -126,6 +126,8 @@ export class ClientSession {
   /** Client messages that arrived while no server connection was attached (transaction mode). */
   private pending: Buffer[] = [];
   private acquiring = false;
+  /** Session mode: Query/Sync/FunctionCall messages sent that Postgres has not answered with ReadyForQuery yet. */
+  private awaitingReady = 0;
   private closed = false;
   private clientScanner: FrameScanner | null = null;
   private serverScanner: FrameScanner | null = null;
@@ -186,7 +188,7 @@ export class ClientSession {
     this.database = parameters.get('database') || user;
     this.applicationName = parameters.get('application_name') ?? '';
     this.context.admit(this, null);
-    routing.checkAuthRate(this.remoteAddress, name.endpointId);
+    routing.checkAuthRate(this.remoteAddress.replace(/:\d+$/, ''), name.endpointId);
 
     // Authentication before anything wakes: a wrong password costs the platform nothing.
     const verifierText = await routing.verifier(name.endpointId, user);
@@ -214,7 +216,7 @@ export class ClientSession {
       if (verifierText === null) throw new ScramAuthError('no such role');
     } catch (error) {
       if (error instanceof ScramAuthError) {
-        routing.recordAuthFailure(this.remoteAddress, name.endpointId);
+        routing.recordAuthFailure(this.remoteAddress.replace(/:\d+$/, ''), name.endpointId);
         routing.forgetVerifier(name.endpointId, user);
         authFailures.inc({ reason: 'password' });
         throw new RoutingError(`password authentication failed for user "${user}"`, '28P01');
@@ -301,7 +303,7 @@ export class ClientSession {
   private startProxy(rest: Buffer): void {
     const transaction = this.mode === 'transaction';
     this.clientScanner = new FrameScanner(
-      transaction ? (type) => type !== MessageType.copyData : (type) => type === MessageType.terminate,
+      transaction ? (type) => type !== MessageType.copyData : (type) => type === MessageType.terminate || type === MessageType.query || type === MessageType.sync || type === MessageType.functionCall,
       this.context.maxMessageBytes,
       'client',
     );
@@ -338,20 +340,27 @@ export class ClientSession {
   private readonly clientSink = {
     pass: (bytes: Buffer) => {
       if (this.server) this.toServer.push(bytes);
-      else this.pending.push(Buffer.from(bytes));
+      // CopyData between transactions (the rest of a COPY that failed) is ignored by Postgres: so it is here.
+      else if (this.acquiring || this.pending.length > 0) this.pending.push(Buffer.from(bytes));
     },
     message: (type: number, msg: Buffer) => {
       if (type === MessageType.terminate) {
+        // What came before the Terminate still reaches Postgres.
+        this.flushToServer();
         this.close();
         return;
       }
       if (this.mode === 'session') {
+        // A Query, Sync or FunctionCall is answered by a ReadyForQuery: until then the server connection is busy.
+        this.awaitingReady += 1;
         this.toServer.push(msg);
         return;
       }
       if (!this.server) {
         // A message that must not start a transaction's server use on its own.
         if (type === MessageType.flush && this.expected.length === 0) return;
+        // The end of a COPY that failed, after its ReadyForQuery: Postgres ignores it; no server connection for it.
+        if ((type === MessageType.copyDone || type === MessageType.copyFail) && !this.acquiring && this.pending.length === 0) return;
         // The common case: a free connection, taken at once; the message goes straight on.
         const idle = this.acquiring ? null : this.pool!.tryAcquire();
         if (idle) {
@@ -431,6 +440,8 @@ export class ClientSession {
     const server = this.server;
     if (!server) return null;
     server.socket.off('data', this.onServerData);
+    // Paused for this client's slow socket: the next user of the connection must not find it paused.
+    server.socket.resume();
     server.owner = null;
     this.server = null;
     this.state = 'idle';
@@ -473,24 +484,25 @@ export class ClientSession {
       case MessageType.bind: {
         const { portal, statement, rest } = readBind(msg);
         const known = statement === '' ? undefined : this.statements.get(statement);
+        // The injected Parse is answered first: its expectation goes first.
+        if (known) this.ensurePrepared(server, known);
         this.expect({ kind: 'bind' });
         if (!known) {
           this.toServer.push(msg);
           return;
         }
-        this.ensurePrepared(server, known);
         this.toServer.push(bindMessage(portal, known.globalName, rest));
         return;
       }
       case MessageType.describe: {
         const { target, name } = readTarget(msg);
         const known = target === 'S' && name !== '' ? this.statements.get(name) : undefined;
+        if (known) this.ensurePrepared(server, known);
         this.expect({ kind: 'describe' });
         if (!known) {
           this.toServer.push(msg);
           return;
         }
-        this.ensurePrepared(server, known);
         this.toServer.push(targetMessage(MessageType.describe, 'S', known.globalName));
         return;
       }
@@ -559,7 +571,10 @@ export class ClientSession {
     },
     message: (type: number, msg: Buffer) => {
       if (this.mode === 'session') {
-        if (type === MessageType.readyForQuery && this.server) this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
+        if (type === MessageType.readyForQuery && this.server) {
+          this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
+          this.awaitingReady = Math.max(0, this.awaitingReady - 1);
+        }
         this.toClient.push(msg);
         return;
       }
@@ -667,7 +682,12 @@ export class ClientSession {
     const server = this.detach();
     if (server && this.pool) {
       // Reusable only between transactions and with nothing outstanding.
-      const clean = server.transactionStatus === 'I' && this.expected.length === 0 && (this.serverScanner?.atBoundary ?? true);
+      const clean =
+        server.transactionStatus === 'I' &&
+        this.expected.length === 0 &&
+        this.awaitingReady === 0 &&
+        (this.serverScanner?.atBoundary ?? true) &&
+        (this.clientScanner?.atBoundary ?? true);
       this.pool.release(server, clean);
     }
     this.context.unregister(this);

@@ -1,0 +1,879 @@
+/**
+ * The gateway against bad and unusual clients, with the whole platform as real processes: malformed startup packets,
+ * encryption requests with data behind them, oversized and short messages and random bytes after a real SCRAM login
+ * (raw sockets), a fast-check fuzz run of random and mutated first packets, the failed-password limit, the client
+ * limit per endpoint, session-mode resets, the extended protocol's error paths and COPY in transaction mode, and the
+ * metrics. Each bad client is answered with an error or a closed connection, never a hang or a crash, while a
+ * healthy `pg` client keeps getting right answers.
+ */
+import { execFile } from 'node:child_process';
+import net from 'node:net';
+import tls from 'node:tls';
+import { once } from 'node:events';
+import { expect } from 'chai';
+import fc from 'fast-check';
+import pg from 'pg';
+import { EndpointState, PoolerMode } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import { ClientState, PoolMode } from '../../gen/spg99/gateway/v1/gateway.js';
+import {
+  bindMessage,
+  CANCEL_REQUEST_CODE,
+  GSSENC_REQUEST_CODE,
+  message,
+  MessageType,
+  parseErrorFields,
+  parseMessage,
+  PROTOCOL_3_0,
+  saslInitialResponse,
+  saslResponse,
+  simpleQuery,
+  SSL_REQUEST_CODE,
+  startupMessage,
+  TERMINATE,
+} from '../../src/gateway/protocol.js';
+import { ScramClientSession } from '../../src/lib/scram.js';
+import { checkLocalServerIdentity } from '../../src/lib/tls-certs.js';
+import { useHarness, waitFor, type Harness } from '../harness/process.js';
+import type { ControlPlaneClient } from '../harness/control-plane.js';
+import { GatewayNode } from '../harness/gateway.js';
+import { startPlatform } from '../harness/platform.js';
+
+// ---- Bytes ----
+
+function int32(value: number): Buffer {
+  const out = Buffer.alloc(4);
+  out.writeInt32BE(value, 0);
+  return out;
+}
+
+function int16(value: number): Buffer {
+  const out = Buffer.alloc(2);
+  out.writeInt16BE(value, 0);
+  return out;
+}
+
+/** A first packet: its length (which includes itself), then `parts`. */
+function firstPacket(...parts: Array<number | string | Buffer>): Buffer {
+  const body = Buffer.concat(parts.map((part) => (typeof part === 'number' ? int32(part) : typeof part === 'string' ? Buffer.from(part, 'utf8') : part)));
+  return Buffer.concat([int32(4 + body.length), body]);
+}
+
+/** A message header (type and length) without its body: what a client that lies about the length sends. */
+function header(type: number, length: number): Buffer {
+  return Buffer.concat([Buffer.from([type]), int32(length)]);
+}
+
+/** Parse of `sql` with no declared parameter types. */
+function parse(name: string, sql: string): Buffer {
+  return parseMessage(name, sql, int16(0));
+}
+
+/** Bind of the unnamed portal to `statement` with text parameters. */
+function bind(statement: string, values: string[] = []): Buffer {
+  const parameters = values.map((value) => Buffer.concat([int32(Buffer.byteLength(value)), Buffer.from(value)]));
+  return bindMessage('', statement, Buffer.concat([int16(0), int16(values.length), ...parameters, int16(0)]));
+}
+
+const EXECUTE = message(MessageType.execute, Buffer.concat([Buffer.from('\0'), int32(0)]));
+const SYNC = message(MessageType.sync);
+
+/** Splits backend bytes into whole messages; what remains is an incomplete tail. */
+function backendMessages(bytes: Buffer): { messages: Buffer[]; rest: Buffer } {
+  const messages: Buffer[] = [];
+  let offset = 0;
+  while (bytes.length - offset >= 5) {
+    const length = bytes.readInt32BE(offset + 1);
+    if (length < 4 || bytes.length - offset < 1 + length) break;
+    messages.push(bytes.subarray(offset, offset + 1 + length));
+    offset += 1 + length;
+  }
+  return { messages, rest: bytes.subarray(offset) };
+}
+
+/** The fields of a DataRow, as text (null for SQL NULL). */
+function dataRow(msg: Buffer): Array<string | null> {
+  const values: Array<string | null> = [];
+  let offset = 7;
+  for (let column = 0; column < msg.readInt16BE(5); column++) {
+    const length = msg.readInt32BE(offset);
+    offset += 4;
+    values.push(length < 0 ? null : msg.toString('utf8', offset, offset + length));
+    offset += Math.max(length, 0);
+  }
+  return values;
+}
+
+// ---- A raw client ----
+
+/** A PostgreSQL connection as bytes: what the gateway answers, message by message, and whether it closed. */
+class WireClient {
+  private buffer: Buffer = Buffer.alloc(0);
+  closed = false;
+  /** When the connection closed (ms since the epoch). */
+  closedAt = 0;
+  private wake: (() => void) | null = null;
+  private readonly onData = (chunk: Buffer) => {
+    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    this.notify();
+  };
+  private readonly onClose = () => {
+    this.closed = true;
+    this.closedAt = Date.now();
+    this.notify();
+  };
+
+  private constructor(readonly socket: net.Socket) {
+    socket.on('data', this.onData);
+    socket.once('close', this.onClose);
+    socket.on('error', () => undefined);
+  }
+
+  static async connect(port: number): Promise<WireClient> {
+    const socket = net.connect({ host: '127.0.0.1', port, noDelay: true });
+    await once(socket, 'connect');
+    return new WireClient(socket);
+  }
+
+  /** SSLRequest, 'S', and TLS with `servername` as SNI. */
+  static async connectTls(port: number, servername: string, ca: string): Promise<WireClient> {
+    const plain = await WireClient.connect(port);
+    plain.write(firstPacket(SSL_REQUEST_CODE));
+    expect((await plain.bytes(1)).toString('latin1'), 'the answer to an SSLRequest').to.equal('S');
+    plain.socket.off('data', plain.onData);
+    plain.socket.off('close', plain.onClose);
+    const secured = tls.connect({ socket: plain.socket, servername, ca, checkServerIdentity: checkLocalServerIdentity });
+    await once(secured, 'secureConnect');
+    return new WireClient(secured);
+  }
+
+  write(bytes: Buffer | string): void {
+    this.socket.write(bytes);
+  }
+
+  /** Says "nothing more" (half-close): the gateway sees the end of the stream. */
+  end(): void {
+    this.socket.end();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  /** Bytes received and not yet taken. */
+  get pending(): Buffer {
+    return this.buffer;
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+
+  /** Waits until `take` answers something, the connection closes (then `take` is asked once more), or the time is up. */
+  private async until<T>(take: () => T | undefined, timeoutMs: number, what: string): Promise<T | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const value = take();
+      if (value !== undefined || this.closed) return value;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`the gateway sent no ${what} within ${timeoutMs} ms (and kept the connection open)`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** The next `count` raw bytes (a single-byte answer to an encryption request). */
+  async bytes(count: number, timeoutMs = 10_000): Promise<Buffer> {
+    const taken = await this.until(() => (this.buffer.length >= count ? this.take(count) : undefined), timeoutMs, `${count} bytes`);
+    if (!taken) throw new Error(`the gateway closed the connection before sending ${count} bytes`);
+    return taken;
+  }
+
+  private take(count: number): Buffer {
+    const out = this.buffer.subarray(0, count);
+    this.buffer = this.buffer.subarray(count);
+    return out;
+  }
+
+  /** The next whole backend message, or null once the connection closed without one. */
+  async message(timeoutMs = 10_000): Promise<Buffer | null> {
+    const found = await this.until(
+      () => {
+        const { messages } = backendMessages(this.buffer);
+        return messages.length > 0 ? this.take(messages[0].length) : undefined;
+      },
+      timeoutMs,
+      'message',
+    );
+    return found ?? null;
+  }
+
+  /** The next message, which must be of `type` (an ErrorResponse instead fails, quoting it). */
+  async expectMessage(type: string, timeoutMs = 60_000): Promise<Buffer> {
+    const msg = await this.message(timeoutMs);
+    if (!msg) throw new Error(`the gateway closed the connection instead of sending "${type}"`);
+    if (msg[0] !== type.charCodeAt(0)) {
+      const said = msg[0] === MessageType.errorResponse ? `: ${JSON.stringify(Object.fromEntries(parseErrorFields(msg)))}` : '';
+      throw new Error(`expected "${type}", got "${String.fromCharCode(msg[0])}"${said}`);
+    }
+    return msg;
+  }
+
+  /** Messages up to and including the next ReadyForQuery. */
+  async untilReady(timeoutMs = 30_000): Promise<Buffer[]> {
+    const out: Buffer[] = [];
+    for (;;) {
+      const msg = await this.message(timeoutMs);
+      if (!msg) throw new Error(`the gateway closed the connection before ReadyForQuery; got ${out.map((m) => String.fromCharCode(m[0])).join('')}`);
+      out.push(msg);
+      if (msg[0] === MessageType.readyForQuery) return out;
+    }
+  }
+
+  /** Waits for the connection to close; answers what came before it (failing when it stays open). */
+  async closing(timeoutMs: number): Promise<Buffer> {
+    await this.until(() => undefined, timeoutMs, 'close');
+    return this.take(this.buffer.length);
+  }
+
+  /**
+   * What a refused client sees: an ErrorResponse (severity FATAL, a SQLSTATE, a message) and then the end of the
+   * connection. Answers its fields.
+   */
+  async fatal(timeoutMs = 10_000): Promise<Record<string, string>> {
+    const msg = await this.message(timeoutMs);
+    if (!msg) throw new Error('the gateway closed the connection without an ErrorResponse');
+    expect(String.fromCharCode(msg[0]), 'the answer is an ErrorResponse').to.equal('E');
+    const fields = Object.fromEntries(parseErrorFields(msg));
+    expect(fields.S, JSON.stringify(fields)).to.equal('FATAL');
+    expect(fields.C, JSON.stringify(fields)).to.match(/^[0-9A-Z]{5}$/);
+    expect(fields.M, JSON.stringify(fields)).to.be.a('string').and.not.equal('');
+    const after = await this.closing(timeoutMs);
+    expect(after.length, 'nothing follows the error').to.equal(0);
+    return fields;
+  }
+}
+
+/** The startup parameters `pg` sends (it adds client_encoding): raw clients share the pools of `pg` clients. */
+function startupParameters(user: string, endpointLabel: string): Record<string, string> {
+  return { user, database: 'postgres', options: `endpoint=${endpointLabel}`, client_encoding: 'UTF8' };
+}
+
+/** Startup and SCRAM-SHA-256 with the password, up to the first ReadyForQuery. Answers the ParameterStatus values. */
+async function login(wire: WireClient, parameters: Record<string, string>, password: string): Promise<Map<string, string>> {
+  wire.write(startupMessage(parameters));
+  const sasl = await wire.expectMessage('R');
+  expect(sasl.readInt32BE(5), 'AuthenticationSASL').to.equal(10);
+  expect(sasl.toString('utf8', 9)).to.contain('SCRAM-SHA-256');
+  const scram = new ScramClientSession({ password });
+  wire.write(saslInitialResponse('SCRAM-SHA-256', scram.clientFirst()));
+  const serverFirst = await wire.expectMessage('R');
+  expect(serverFirst.readInt32BE(5), 'AuthenticationSASLContinue').to.equal(11);
+  wire.write(saslResponse(scram.handleServerFirst(serverFirst.toString('utf8', 9))));
+  const serverFinal = await wire.expectMessage('R');
+  expect(serverFinal.readInt32BE(5), 'AuthenticationSASLFinal').to.equal(12);
+  scram.handleServerFinal(serverFinal.toString('utf8', 9));
+  const settings = new Map<string, string>();
+  for (const msg of await wire.untilReady(120_000)) {
+    if (msg[0] === MessageType.errorResponse) throw new Error(`login failed: ${JSON.stringify(Object.fromEntries(parseErrorFields(msg)))}`);
+    if (msg[0] === MessageType.parameterStatus) {
+      const [name, value] = msg.toString('utf8', 5, msg.length - 1).split('\0');
+      settings.set(name, value);
+    }
+  }
+  return settings;
+}
+
+/** What a simple query or a pipeline answered, up to ReadyForQuery. */
+interface Answer {
+  /** The message types in order, e.g. "12DCZ". */
+  types: string;
+  rows: Array<Array<string | null>>;
+  errors: Array<Record<string, string>>;
+  /** The transaction status of the ReadyForQuery. */
+  status: string;
+}
+
+async function exchange(wire: WireClient, ...messages: Buffer[]): Promise<Answer> {
+  wire.write(Buffer.concat(messages));
+  const answer: Answer = { types: '', rows: [], errors: [], status: '' };
+  for (const msg of await wire.untilReady()) {
+    answer.types += String.fromCharCode(msg[0]);
+    if (msg[0] === MessageType.dataRow) answer.rows.push(dataRow(msg));
+    if (msg[0] === MessageType.errorResponse) answer.errors.push(Object.fromEntries(parseErrorFields(msg)));
+    if (msg[0] === MessageType.readyForQuery) answer.status = String.fromCharCode(msg[5]);
+  }
+  return answer;
+}
+
+/** The error a `pg` connection attempt fails with (the test fails when it connects). */
+async function connectFailure(config: pg.ClientConfig): Promise<Error & { code?: string; hint?: string }> {
+  const client = new pg.Client(config);
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch (error) {
+    return error as Error & { code?: string; hint?: string };
+  }
+  await client.end();
+  throw new Error('expected the connection to be refused');
+}
+
+/** The value of one sample of a metric in Prometheus text (undefined when absent). */
+function sample(metrics: string, name: string, labels = ''): number | undefined {
+  const line = metrics.split('\n').find((text) => text.startsWith(`${name}${labels ? `{${labels}}` : ''} `));
+  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+/** `promise`, or an error naming `what` when it takes longer than `timeoutMs`. */
+async function withDeadline<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${what} within ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Runs psql with `args` against `connection` (a libpq connection string), `input` on its standard input. */
+function psql(connection: string, password: string, args: string[], input = ''): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = execFile('psql', [connection, '-X', '-q', '-v', 'ON_ERROR_STOP=1', ...args], { env: { ...process.env, PGPASSWORD: password, PGCONNECT_TIMEOUT: '30' }, timeout: 30_000 }, (error, stdout, stderr) => {
+      if (error?.killed) reject(new Error(`psql ${args.join(' ')} did not finish within 30 s; it printed: ${stderr}`));
+      else if (error && typeof error.code !== 'number') reject(error);
+      else resolve({ code: error ? Number(error.code) : 0, stdout, stderr });
+    });
+    child.stdin?.end(input);
+  });
+}
+
+/** The platform (test/harness/platform.ts), a gateway in front of it, and a project whose endpoint is stopped. */
+async function startGatewayPlatform(harness: Harness, options: { poolerMode?: PoolerMode; gatewayArgs?: string[] } = {}) {
+  const { controlPlane } = await startPlatform(harness);
+  const gateway = await GatewayNode.start(harness, { controlPlane: controlPlane.address, args: options.gatewayArgs });
+  const created = await controlPlane.operator().createTenant({ name: 'acme' });
+  const api = controlPlane.client(created.apiKeySecret);
+  const project = await api.createProject({
+    name: 'shop',
+    defaultEndpointSettings: { poolerMode: options.poolerMode ?? PoolerMode.POOLER_MODE_SESSION, suspendTimeout: { seconds: 0n, nanos: 0 } },
+  });
+  const endpointId = project.defaultEndpoint!.endpointId;
+  const owner = { user: project.defaultRole!.name, password: project.defaultRolePassword };
+  return { controlPlane, gateway, api, endpointId, owner };
+}
+
+async function endpointState(api: ControlPlaneClient, endpointId: string): Promise<EndpointState> {
+  return (await api.getEndpoint({ endpointId })).endpoint!.state;
+}
+
+/**
+ * A harness per test, and the clients it opened closed before the harness stops the processes. Each check group is a
+ * `describe` of its own: a teardown that finds an unexpected ERROR fails its hook, and mocha then skips the rest of
+ * that describe only.
+ */
+function useFixtures() {
+  const clients: pg.Client[] = [];
+  const wires: WireClient[] = [];
+  afterEach(async () => {
+    for (const client of wires.splice(0)) client.destroy();
+    for (const client of clients.splice(0)) await client.end().catch(() => undefined);
+  });
+  const harness = useHarness();
+  return {
+    harness,
+    clients,
+    wires,
+    platform: (options: { poolerMode?: PoolerMode; gatewayArgs?: string[] } = {}) => startGatewayPlatform(harness(), options),
+    /** A raw connection, destroyed after the test. */
+    wire: async (port: number): Promise<WireClient> => {
+      const client = await WireClient.connect(port);
+      wires.push(client);
+      return client;
+    },
+  };
+}
+
+describe('gateway robustness (bad input, fuzz, limits, pooling corner cases; real processes)', function () {
+  this.timeout(300_000);
+
+  describe('bad input', () => {
+    const { clients, wires, platform, wire } = useFixtures();
+
+    it('answers malformed startup packets, bad messages after login and random bytes with an error or a close, while a healthy client goes on', async () => {
+      const { gateway, endpointId, owner } = await platform({ poolerMode: PoolerMode.POOLER_MODE_TRANSACTION, gatewayArgs: ['--max-message-mb', '1'] });
+      const session = startupParameters(owner.user, endpointId);
+      const pooled = startupParameters(owner.user, `${endpointId}-pooler`);
+
+      // Two silent clients from the start: one sends nothing, one half a startup packet; both must be let go.
+      const silentSince = Date.now();
+      const silent = await wire(gateway.port);
+      const halfSilent = await wire(gateway.port);
+      halfSilent.write(Buffer.concat([int32(64), int32(PROTOCOL_3_0), Buffer.from('user\0')]));
+
+      const healthy = await gateway.connect(endpointId, { ...owner, application_name: 'healthy' });
+      clients.push(healthy);
+      await healthy.query('CREATE TABLE items (id int PRIMARY KEY, name text)');
+      await healthy.query(`INSERT INTO items VALUES (1, 'one'), (2, 'two')`);
+      let checks = 0;
+      const stillHealthy = async () => {
+        checks += 1;
+        const { rows } = await healthy.query('SELECT count(*)::int AS n, string_agg(name, \',\' ORDER BY id) AS names, $1::int AS check FROM items', [checks]);
+        expect(rows[0]).to.deep.equal({ n: 2, names: 'one,two', check: checks });
+        expect(gateway.process.exited, 'the gateway exited').to.equal(false);
+      };
+      await stillHealthy();
+      // Keeps querying while the bad traffic runs.
+      let traffic = true;
+      const during = (async () => {
+        while (traffic) await stillHealthy();
+      })();
+      during.catch(() => undefined);
+
+      // ---- Malformed first packets over plaintext: FATAL, a SQLSTATE and a message, then the end. ----
+      const malformed: Array<{ what: string; bytes: Buffer; code: string; says: string }> = [
+        { what: 'length 0', bytes: int32(0), code: '08P01', says: 'invalid startup packet length 0' },
+        { what: 'length 3', bytes: Buffer.concat([int32(3), Buffer.from('abc')]), code: '08P01', says: 'invalid startup packet length 3' },
+        { what: 'length 7', bytes: Buffer.concat([int32(7), Buffer.from('abc')]), code: '08P01', says: 'invalid startup packet length 7' },
+        { what: 'length 10001', bytes: Buffer.concat([int32(10_001), int32(PROTOCOL_3_0)]), code: '08P01', says: 'invalid startup packet length 10001' },
+        { what: 'length 2^31-1', bytes: int32(2 ** 31 - 1), code: '08P01', says: `invalid startup packet length ${2 ** 31 - 1}` },
+        { what: 'protocol 2.0', bytes: firstPacket(2 << 16, `user\0${owner.user}\0\0`), code: '0A000', says: 'unsupported frontend protocol 2.0' },
+        { what: 'protocol 4.0', bytes: firstPacket(4 << 16, `user\0${owner.user}\0\0`), code: '0A000', says: 'unsupported frontend protocol 4.0' },
+        { what: 'no terminator', bytes: firstPacket(PROTOCOL_3_0, `user\0${owner.user}\0database\0postgres\0`), code: '08P01', says: 'does not end with an empty name' },
+        { what: 'a parameter without a value', bytes: firstPacket(PROTOCOL_3_0, 'user\0'), code: '08P01', says: 'parameter "user" has no value' },
+        { what: 'an HTTP request', bytes: Buffer.from('GET / HTTP/1.1\r\nHost: localhost\r\n\r\n'), code: '08P01', says: 'invalid startup packet length' },
+        { what: 'no user', bytes: firstPacket(PROTOCOL_3_0, `options\0endpoint=${endpointId}\0\0`), code: '28000', says: 'no user name' },
+        { what: 'a replication connection', bytes: startupMessage({ ...session, replication: 'true' }), code: '08004', says: 'replication connections are not served' },
+        { what: 'a CancelRequest too short for a key', bytes: firstPacket(CANCEL_REQUEST_CODE, 1234), code: '08P01', says: 'invalid cancel request' },
+        { what: 'an SSLRequest with data behind it', bytes: Buffer.concat([firstPacket(SSL_REQUEST_CODE), startupMessage(session)]), code: '08P01', says: 'data after the encryption request' },
+      ];
+      await Promise.all(
+        malformed.map(async ({ what, bytes, code, says }) => {
+          const client = await wire(gateway.port);
+          client.write(bytes);
+          const fields = await client.fatal().catch((error: Error) => {
+            throw new Error(`${what}: ${error.message}`);
+          });
+          expect(fields.C, `${what}: ${fields.M}`).to.equal(code);
+          expect(fields.M, what).to.contain(says);
+        }),
+      );
+
+      // Half a packet and then the end of the stream: closed, nothing else.
+      const half = await wire(gateway.port);
+      half.write(Buffer.concat([int32(100), int32(PROTOCOL_3_0), Buffer.from('user\0own')]));
+      half.end();
+      expect((await half.closing(5_000)).length).to.equal(0);
+
+      // A CancelRequest for no client: the connection is closed, and nothing is said (a key is never confirmed).
+      const cancel = await wire(gateway.port);
+      cancel.write(firstPacket(CANCEL_REQUEST_CODE, 1234, 5678));
+      expect((await cancel.closing(5_000)).length).to.equal(0);
+
+      // GSSENCRequest: 'N', and the client goes on in plaintext in the same connection.
+      const gss = await wire(gateway.port);
+      gss.write(firstPacket(GSSENC_REQUEST_CODE));
+      expect((await gss.bytes(1)).toString('latin1')).to.equal('N');
+      await login(gss, session, owner.password);
+      expect((await exchange(gss, simpleQuery('SELECT count(*) FROM items'))).rows).to.deep.equal([['2']]);
+      gss.write(TERMINATE);
+      await gss.closing(5_000);
+
+      // ---- After a real login: oversized and short messages, in both modes. ----
+      for (const parameters of [session, pooled]) {
+        const oversized = await wire(gateway.port);
+        await login(oversized, parameters, owner.password);
+        oversized.write(Buffer.concat([header(MessageType.query, 2 * 1024 * 1024), Buffer.from('SELECT ')]));
+        const tooBig = await oversized.fatal();
+        expect(tooBig.C, tooBig.M).to.equal('54000');
+        expect(tooBig.M).to.contain('exceeds the limit of 1048576 bytes');
+
+        const short = await wire(gateway.port);
+        await login(short, parameters, owner.password);
+        short.write(header(MessageType.query, 2));
+        const tooShort = await short.fatal();
+        expect(tooShort.C, tooShort.M).to.equal('08P01');
+        expect(tooShort.M).to.contain('invalid message length 2');
+      }
+
+      // Random bytes after a login: an error or a close within seconds (from the gateway or from Postgres behind it).
+      const afterLogin = fc.sample(fc.uint8Array({ minLength: 1, maxLength: 48 }), { numRuns: 6, seed: 42 });
+      for (const [index, bytes] of afterLogin.entries()) {
+        const client = await wire(gateway.port);
+        await login(client, index % 2 === 0 ? session : pooled, owner.password);
+        client.write(Buffer.from(bytes));
+        client.end();
+        const answered = backendMessages(await client.closing(15_000));
+        for (const msg of answered.messages.filter((m) => m[0] === MessageType.errorResponse)) {
+          expect(parseErrorFields(msg).get('C'), 'an internal error').to.not.equal('XX000');
+        }
+      }
+
+      // ---- Fuzz: random first packets and mutations of a valid startup, each on a fresh connection. ----
+      const valid = startupMessage(session);
+      const withSasl = (body: Uint8Array) => Buffer.concat([valid, message(MessageType.password, Buffer.from(body))]);
+      const inputs = fc.oneof(
+        fc.uint8Array({ minLength: 1, maxLength: 300 }).map((bytes) => Buffer.from(bytes)),
+        fc
+          .array(fc.tuple(fc.nat({ max: valid.length - 1 }), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 4 })
+          .map((changes) => {
+            const mutated = Buffer.from(valid);
+            for (const [offset, value] of changes) mutated[offset] = value;
+            return mutated;
+          }),
+        fc.tuple(fc.nat({ max: valid.length }), fc.uint8Array({ maxLength: 40 })).map(([cut, tail]) => Buffer.concat([valid.subarray(0, cut), Buffer.from(tail)])),
+        fc.uint8Array({ maxLength: 60 }).map(withSasl),
+        fc.uint8Array({ maxLength: 8 }).map((tail) => withSasl(Buffer.concat([Buffer.from('SCRAM-SHA-256\0'), tail]))),
+      );
+      const fuzzCodes = new Map<string, number>();
+      await fc.assert(
+        fc.asyncProperty(inputs, async (bytes) => {
+          const client = await WireClient.connect(gateway.port);
+          try {
+            client.write(bytes);
+            const declared = bytes.length >= 4 ? bytes.readInt32BE(0) : 0;
+            // A packet announced longer than what was sent, or a TLS record, legitimately waits for more: say it is all.
+            const waitsForMore = bytes.length < 4 || bytes[0] === 0x16 || (declared >= 8 && declared <= 10_000 && declared > bytes.length);
+            if (waitsForMore) client.end();
+            else {
+              // The gateway answers by itself (an error, an encryption answer, or an authentication request).
+              await waitFor(() => client.pending.length > 0 || client.closed, { what: 'an answer or a close', timeoutMs: 5_000, intervalMs: 5 });
+              client.end();
+            }
+            const answer = await client.closing(5_000);
+            let rest = answer;
+            while (rest.length > 0 && (rest[0] === 0x4e || rest[0] === 0x53) && backendMessages(rest).messages.length === 0) rest = rest.subarray(1);
+            const { messages } = backendMessages(rest);
+            for (const msg of messages) {
+              if (msg[0] !== MessageType.errorResponse) continue;
+              const fields = parseErrorFields(msg);
+              expect(fields.get('S')).to.equal('FATAL');
+              expect(fields.get('C')).to.match(/^[0-9A-Z]{5}$/);
+              fuzzCodes.set(fields.get('C')!, (fuzzCodes.get(fields.get('C')!) ?? 0) + 1);
+            }
+            if (!waitsForMore && (declared < 8 || declared > 10_000)) {
+              expect(messages.map((msg) => String.fromCharCode(msg[0])), 'an invalid length is answered with an error').to.deep.equal(['E']);
+            }
+          } finally {
+            client.destroy();
+          }
+        }),
+        { numRuns: 100 },
+      );
+      traffic = false;
+      await during;
+      await stillHealthy();
+      expect(checks, 'the healthy client kept querying during the bad traffic').to.be.greaterThan(3);
+
+      // The silent clients are let go at the startup timeout (10 s by default, no flag sets it), with an error.
+      const silentError = await silent.fatal(20_000);
+      expect(silentError.C).to.equal('08P01');
+      expect(silentError.M).to.contain('no startup packet within the time allowed');
+      expect((await halfSilent.fatal(20_000)).M).to.contain('no startup packet within the time allowed');
+      for (const client of [silent, halfSilent]) expect(client.closedAt - silentSince).to.be.within(9_000, 15_000);
+
+      // Nothing is left of the bad clients: the admin API lists the healthy client only.
+      for (const client of wires.splice(0)) client.destroy();
+      const listed = await waitFor(
+        async () => {
+          const all = (await gateway.admin.listClients({ endpointId: '' })).clients;
+          return all.length === 1 ? all : undefined;
+        },
+        { what: 'the bad clients to be gone from ListClients', timeoutMs: 10_000 },
+      ).catch(async (error: Error) => {
+        throw new Error(`${error.message}: ${JSON.stringify((await gateway.admin.listClients({ endpointId: '' })).clients.map((client) => [client.applicationName, client.remoteAddress, client.state]))}`);
+      });
+      expect(listed[0]).to.deep.include({ endpointId, applicationName: 'healthy', mode: PoolMode.POOL_MODE_SESSION });
+
+      // Metrics after the traffic: connections by kind, clients by mode, wake and pool wait times.
+      const metrics = await waitFor(
+        async () => {
+          const text = await gateway.metrics();
+          return sample(text, 'spg99_gateway_clients', 'mode="session"') === 1 && sample(text, 'spg99_gateway_clients', 'mode="transaction"') === 0 ? text : undefined;
+        },
+        { what: 'the clients gauge to count the healthy client only', timeoutMs: 15_000 },
+      );
+      expect(sample(metrics, 'spg99_gateway_connections_total', 'kind="refused"')).to.be.at.least(malformed.length);
+      expect(sample(metrics, 'spg99_gateway_connections_total', 'kind="tls"')).to.be.at.least(1);
+      expect(sample(metrics, 'spg99_gateway_connections_total', 'kind="plaintext"')).to.be.at.least(6);
+      expect(sample(metrics, 'spg99_gateway_wake_seconds_count')).to.be.at.least(10);
+
+      // The same refusals inside TLS: the client reads the error through the encrypted connection.
+      for (const { bytes, code, says } of [
+        { bytes: firstPacket(4 << 16, `user\0${owner.user}\0\0`), code: '0A000', says: 'unsupported frontend protocol 4.0' },
+        { bytes: Buffer.concat([int32(7), Buffer.from('abc')]), code: '08P01', says: 'invalid startup packet length 7' },
+      ]) {
+        const secured = await WireClient.connectTls(gateway.port, `${endpointId}.localhost`, gateway.caCert);
+        wires.push(secured);
+        secured.write(bytes);
+        const fields = await secured.fatal();
+        expect(fields.C, fields.M).to.equal(code);
+        expect(fields.M).to.contain(says);
+      }
+
+      // A SASLInitialResponse without the length of its data: a protocol violation, not an internal error.
+      const sasl = await wire(gateway.port);
+      sasl.write(startupMessage(session));
+      await sasl.expectMessage('R');
+      sasl.write(message(MessageType.password, Buffer.from('SCRAM-SHA-256\0')));
+      const saslError = await sasl.fatal();
+      expect(saslError.C, saslError.M).to.equal('08P01');
+      expect(fuzzCodes.get('XX000'), `internal errors among the fuzz answers (${JSON.stringify([...fuzzCodes])})`).to.equal(undefined);
+
+      // Every transaction in transaction mode waited for its server connection, if only for an instant.
+      expect(sample(metrics, 'spg99_gateway_pool_wait_seconds_count', 'mode="transaction"'), 'pool waits of transaction mode are measured').to.be.at.least(1);
+      await stillHealthy();
+    });
+  });
+
+  describe('failed passwords', () => {
+    const { platform } = useFixtures();
+
+    it('refuses an address after 10 wrong passwords, even with the right one, saying to wait, and wakes nothing', async () => {
+      const { gateway, api, endpointId, owner } = await platform();
+      for (let attempt = 1; attempt <= 10; attempt++) {
+        const wrong = await connectFailure(gateway.clientConfig(endpointId, { ...owner, password: `wrong-${attempt}` }));
+        expect(wrong.code, wrong.message).to.equal('28P01');
+      }
+      const refused = await connectFailure(gateway.clientConfig(endpointId, owner));
+      expect(refused.code, refused.message).to.equal('28000');
+      expect(refused.message).to.contain('too many failed password attempts');
+      expect(refused.hint).to.match(/^Wait \d+ s/);
+      // Plaintext from the same address is the same client.
+      const plaintext = await connectFailure(gateway.clientConfig(endpointId, { ...owner, tls: false }));
+      expect(plaintext.message).to.contain('too many failed password attempts');
+      expect(await endpointState(api, endpointId)).to.equal(EndpointState.ENDPOINT_STATE_STOPPED);
+      const metrics = await gateway.metrics();
+      expect(sample(metrics, 'spg99_gateway_auth_failures_total', 'reason="password"')).to.equal(10);
+      expect(sample(metrics, 'spg99_gateway_wake_seconds_count'), 'logins that reached a compute').to.equal(0);
+    });
+  });
+
+  describe('transaction mode: the extended protocol', () => {
+    const { clients, platform, wire } = useFixtures();
+
+    it('reports errors of named statements and pipelines once, and lets a statement follow its client across server connections', async () => {
+      const { gateway, endpointId, owner } = await platform({ poolerMode: PoolerMode.POOLER_MODE_TRANSACTION });
+      const setup = await gateway.connect(endpointId, { ...owner, pooled: true });
+      clients.push(setup);
+
+      // Unnamed statements with parameters, from several clients at once.
+      const many = await Promise.all(Array.from({ length: 4 }, () => gateway.connect(endpointId, { ...owner, pooled: true })));
+      clients.push(...many);
+      await Promise.all(
+        many.map(async (client, index) => {
+          for (let round = 0; round < 10; round++) {
+            const { rows } = await client.query('SELECT $1::int * 2 AS doubled, $2::text AS who', [round, `client ${index}`]);
+            expect(rows).to.deep.equal([{ doubled: round * 2, who: `client ${index}` }]);
+          }
+        }),
+      );
+
+      // A named statement with a syntax error is reported; the fixed one under the same name then works.
+      const typo = await setup.query({ name: 'fixme', text: 'SELEC 1' }).then(
+        () => null,
+        (error: Error & { code?: string }) => error,
+      );
+      expect(typo?.code, typo?.message).to.equal('42601');
+      expect((await setup.query({ name: 'fixme', text: 'SELECT 1 AS one' })).rows).to.deep.equal([{ one: 1 }]);
+      expect((await setup.query({ name: 'fixme', text: 'SELECT 1 AS one' })).rows).to.deep.equal([{ one: 1 }]);
+
+      // The same, and pipelines, message by message (a raw client; its application name tells it apart in ListClients,
+      // and transaction-mode pools ignore it).
+      const pooled = { ...startupParameters(owner.user, `${endpointId}-pooler`), application_name: 'raw' };
+      const raw = await wire(gateway.port);
+      await login(raw, pooled, owner.password);
+      const broken = await exchange(raw, parse('s1', 'SELEC 1'), bind('s1'), EXECUTE, SYNC);
+      expect(broken).to.deep.include({ types: 'EZ', status: 'I' });
+      expect(broken.errors[0].C).to.equal('42601');
+      expect(await exchange(raw, parse('s1', 'SELECT 1'), bind('s1'), EXECUTE, SYNC)).to.deep.include({ types: '12DCZ', rows: [['1']], status: 'I' });
+      // An error at Bind (10 / 0 is folded when the plan is made): one error, the statement stays.
+      const atBind = await exchange(raw, parse('fold', 'SELECT 10 / $1::int'), bind('fold', ['0']), EXECUTE, bind('fold', ['5']), EXECUTE, SYNC);
+      expect(atBind).to.deep.include({ types: '1EZ', status: 'I' });
+      expect(atBind.errors[0].C).to.equal('22012');
+      expect(await exchange(raw, bind('fold', ['5']), EXECUTE, SYNC)).to.deep.include({ types: '2DCZ', rows: [['2']] });
+      // The first Execute fails after a row: one error, the rest up to Sync skipped, and the statement stays usable.
+      const divide = 'SELECT 10 / (x - $1::int) AS q FROM generate_series(1, 3) x';
+      const failing = await exchange(raw, parse('div', divide), bind('div', ['2']), EXECUTE, bind('div', ['0']), EXECUTE, SYNC);
+      expect(failing).to.deep.include({ types: '12DEZ', rows: [['-10']], status: 'I' });
+      expect(failing.errors[0].C).to.equal('22012');
+      // The statement follows the client to a server connection that lacks it (the one that has it is busy): the gateway
+      // prepares it there without the client seeing it, and gives the connection back after the Sync as usual.
+      const [[holderPid]] = (await exchange(raw, simpleQuery('BEGIN; SELECT pg_backend_pid()'))).rows;
+      expect(await exchange(raw, parse('moving', 'SELECT 6 * $1::int'), bind('moving', ['7']), EXECUTE, SYNC)).to.deep.include({ types: '12DCZ', rows: [['42']], status: 'T' });
+      expect((await exchange(raw, simpleQuery('COMMIT'))).status).to.equal('I');
+      await setup.query('BEGIN');
+      // The connection just given back is the first taken again (last in, first out).
+      expect(String((await setup.query('SELECT pg_backend_pid() AS pid')).rows[0].pid)).to.equal(holderPid);
+      expect(await exchange(raw, bind('moving', ['8']), EXECUTE, SYNC)).to.deep.include({ types: '2DCZ', rows: [['48']], status: 'I' });
+      const rawClient = await waitFor(
+        async () => (await gateway.admin.listClients({ endpointId })).clients.find((client) => client.applicationName === 'raw' && client.state === ClientState.CLIENT_STATE_IDLE),
+        { what: 'the raw client to hold no server connection after its Sync', timeoutMs: 5_000 },
+      ).catch(async (error: Error) => {
+        const raws = (await gateway.admin.listClients({ endpointId })).clients.filter((client) => client.applicationName === 'raw');
+        throw new Error(`${error.message}: ${JSON.stringify(raws.map((client) => ({ state: ClientState[client.state], transactions: String(client.transactions) })))}`);
+      });
+      expect(rawClient.mode).to.equal(PoolMode.POOL_MODE_TRANSACTION);
+      await setup.query('COMMIT');
+      for (let round = 0; round < 5; round++) {
+        expect(await exchange(raw, bind('div', ['0']), EXECUTE, SYNC)).to.deep.include({ types: '2DDDCZ', rows: [['10'], ['5'], ['3']] });
+        // Other clients take server connections in between: the statement follows the client.
+        await Promise.all(many.map((client) => client.query('SELECT pg_sleep(0.01)')));
+      }
+      // Inside a transaction: the failed pipeline aborts it until ROLLBACK, on the same server connection.
+      expect((await exchange(raw, simpleQuery('BEGIN'))).status).to.equal('T');
+      expect(await exchange(raw, bind('div', ['2']), EXECUTE, SYNC)).to.deep.include({ types: '2DEZ', status: 'E' });
+      const aborted = await exchange(raw, simpleQuery('SELECT 1'));
+      expect(aborted.status).to.equal('E');
+      expect(aborted.errors[0].C).to.equal('25P02');
+      expect((await exchange(raw, simpleQuery('ROLLBACK'))).status).to.equal('I');
+      // Describe and Close of a named statement; a Bind after the Close is refused as Postgres would.
+      const described = await exchange(raw, parse('d1', 'SELECT $1::int AS x'), message(MessageType.describe, Buffer.from('Sd1\0')), SYNC);
+      expect(described.types).to.equal('1tTZ');
+      expect((await exchange(raw, message(MessageType.close, Buffer.from('Sd1\0')), SYNC)).types).to.equal('3Z');
+      const closed = await exchange(raw, bind('d1', ['1']), EXECUTE, SYNC);
+      expect(closed.types).to.equal('EZ');
+      expect(closed.errors[0].C).to.equal('26000');
+    });
+  });
+
+  describe('transaction mode: COPY, large results, the client limit', () => {
+    const { harness, clients, platform, wire } = useFixtures();
+
+    it('limits the clients of an endpoint, saying so, and passes COPY and large results through the pooler without holding up the next client', async () => {
+      const { controlPlane, gateway, endpointId, owner } = await platform({ poolerMode: PoolerMode.POOLER_MODE_TRANSACTION });
+      const setup = await gateway.connect(endpointId, { ...owner, pooled: true });
+      clients.push(setup);
+      await setup.query('CREATE TABLE items (id int PRIMARY KEY, name text)');
+
+      // The client limit of an endpoint (a gateway whose limit is 2): the third client is told the limit.
+      const limited = await GatewayNode.start(harness(), { controlPlane: controlPlane.address, args: ['--max-clients-per-endpoint', '2'] });
+      const first = await limited.connect(endpointId, { ...owner, pooled: true });
+      const second = await limited.connect(endpointId, owner);
+      clients.push(first, second);
+      const over = await connectFailure(limited.clientConfig(endpointId, { ...owner, pooled: true }));
+      expect(over.code, over.message).to.equal('53300');
+      expect(over.message).to.contain('2 client connections').and.to.contain('limit');
+      expect((await first.query('SELECT 1 AS one')).rows).to.deep.equal([{ one: 1 }]);
+      await second.end();
+      await waitFor(async () => (await limited.admin.listClients({ endpointId })).clients.length === 1, { what: 'the second client to be gone' });
+      const third = await limited.connect(endpointId, owner);
+      clients.push(third);
+      expect((await third.query('SELECT 3 AS three')).rows).to.deep.equal([{ three: 3 }]);
+
+      // COPY in and out through the pooler (psql, TLS with SNI).
+      const connection = `host=${endpointId}-pooler.localhost hostaddr=127.0.0.1 port=${gateway.port} user=${owner.user} dbname=postgres sslmode=require`;
+      const rows = Array.from({ length: 5000 }, (_, index) => `${index + 100}\tname ${index}\n`).join('');
+      const copyIn = await psql(connection, owner.password, ['-c', 'COPY items FROM STDIN'], rows);
+      expect(copyIn.code, copyIn.stderr).to.equal(0);
+      const copyOut = await psql(connection, owner.password, ['-c', 'COPY (SELECT id, name FROM items WHERE id >= 100 ORDER BY id) TO STDOUT']);
+      expect(copyOut.code, copyOut.stderr).to.equal(0);
+      expect(copyOut.stdout).to.equal(rows);
+      // A COPY that fails halfway: the error, nothing of it kept, and the next transactions work.
+      const badRows = `${Array.from({ length: 3000 }, (_, index) => `${index + 10_000}\tok\n`).join('')}not-a-number\tbad\n${Array.from({ length: 100 }, (_, index) => `${index + 20_000}\tok\n`).join('')}`;
+      const badCopy = await psql(connection, owner.password, ['-c', 'COPY items FROM STDIN'], badRows);
+      expect(badCopy.code).to.not.equal(0);
+      expect(badCopy.stderr).to.contain('invalid input syntax for type integer');
+      expect((await setup.query('SELECT count(*)::int AS n FROM items')).rows[0].n).to.equal(5000);
+
+      // Clients that read a large result and leave at once: the server connection each leaves serves the next
+      // transaction (the last connection given back is the first taken) without delay.
+      for (let round = 0; round < 25; round++) {
+        const copyAgain = await psql(connection, owner.password, ['-c', 'COPY (SELECT id, name FROM items WHERE id >= 100 ORDER BY id) TO STDOUT']);
+        expect(copyAgain.stdout).to.equal(rows);
+        const next = await withDeadline(setup.query('SELECT $1::int AS round', [round]), 10_000, `round ${round}: the next transaction's answer`);
+        expect(next.rows).to.deep.equal([{ round }]);
+      }
+
+      // A client that stays after its COPY failed (the rest of its data and CopyDone arrive after the error): its
+      // next transactions work, and between them it holds no server connection.
+      const copier = await wire(gateway.port);
+      await login(copier, { ...startupParameters(owner.user, `${endpointId}-pooler`), application_name: 'copier' }, owner.password);
+      copier.write(simpleQuery('COPY items FROM STDIN'));
+      await copier.expectMessage('G');
+      copier.write(message(MessageType.copyData, Buffer.from('not-a-number\tbad\n')));
+      const copyError = await copier.expectMessage('E');
+      expect(parseErrorFields(copyError).get('C')).to.equal('22P02');
+      await copier.expectMessage('Z');
+      copier.write(Buffer.concat([message(MessageType.copyData, Buffer.from('30000\tlate\n')), message(MessageType.copyDone)]));
+      expect((await exchange(copier, simpleQuery('SELECT count(*) FROM items'))).rows).to.deep.equal([['5000']]);
+      await waitFor(async () => (await gateway.admin.listClients({ endpointId })).clients.find((client) => client.applicationName === 'copier' && client.state === ClientState.CLIENT_STATE_IDLE), {
+        what: 'the client of the failed COPY to hold no server connection between transactions',
+        timeoutMs: 5_000,
+      });
+    });
+  });
+
+  describe('session mode resets', () => {
+    const { clients, platform, wire } = useFixtures();
+
+    it('resets a session-mode server connection for the next client, also when its client left mid-query, mid-message or right after a query', async () => {
+      // One server connection per pool: the next client gets exactly what the last one left.
+      const { gateway, endpointId, owner } = await platform({ gatewayArgs: ['--pool-size', '1'] });
+      // Its own pool (session mode keys pools by application name): watches pg_stat_activity and the table.
+      const observer = await gateway.connect(endpointId, { ...owner, application_name: 'observer' });
+      clients.push(observer);
+      await observer.query('CREATE TABLE notes (id int PRIMARY KEY, body text)');
+      const session = startupParameters(owner.user, endpointId);
+
+      // The next client gets the server connection back reset.
+      const before = await gateway.connect(endpointId, owner);
+      const backend = (await before.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+      await before.query('SET search_path = nowhere');
+      await before.query('PREPARE p AS SELECT 1');
+      await before.query('CREATE TEMP TABLE scratch (x int)');
+      await before.end();
+      const after = await gateway.connect(endpointId, owner);
+      clients.push(after);
+      const reset = await after.query(`SELECT pg_backend_pid() AS pid, current_setting('search_path') AS path, (SELECT count(*)::int FROM pg_prepared_statements) AS prepared, to_regclass('pg_temp.scratch')::text AS scratch`);
+      expect(reset.rows).to.deep.equal([{ pid: backend, path: '"$user", public', prepared: 0, scratch: null }]);
+      await after.end();
+
+      // A query and Terminate in one packet: Postgres runs the query before it sees the Terminate.
+      const hasty = await wire(gateway.port);
+      await login(hasty, session, owner.password);
+      hasty.write(Buffer.concat([simpleQuery(`INSERT INTO notes VALUES (1, 'sent with Terminate')`), TERMINATE]));
+      await hasty.closing(5_000);
+      await waitFor(async () => ((await observer.query('SELECT count(*)::int AS n FROM notes WHERE id = 1')).rows[0].n === 1 ? true : undefined), {
+        what: 'the row inserted just before Terminate',
+        timeoutMs: 5_000,
+      });
+
+      // A client that leaves while its query runs inside a transaction: the next client gets neither the transaction nor its answers.
+      const leaving = `BEGIN; CREATE TEMP TABLE leaked (x int); SELECT pg_sleep(1.5)`;
+      const leaver = await wire(gateway.port);
+      await login(leaver, session, owner.password);
+      leaver.write(simpleQuery(leaving));
+      await waitFor(async () => ((await observer.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = $1 AND state = 'active'`, [leaving])).rows[0].n === 1 ? true : undefined), {
+        what: 'the leaving client\'s query to run',
+      });
+      leaver.write(TERMINATE);
+      await leaver.closing(5_000);
+      const successor = await gateway.connect(endpointId, owner);
+      clients.push(successor);
+      const state = await successor.query(`SELECT to_regclass('pg_temp.leaked')::text AS leaked, now() = statement_timestamp() AS own_transaction, 7 AS seven`);
+      expect(state.rows).to.deep.equal([{ leaked: null, own_transaction: true, seven: 7 }]);
+      await successor.end();
+
+      // A client that leaves in the middle of a message: the next client is not held up by what it left behind.
+      const halfway = await wire(gateway.port);
+      await login(halfway, session, owner.password);
+      halfway.write(Buffer.concat([header(MessageType.query, 1000), Buffer.from('SELECT 1')]));
+      halfway.end();
+      await halfway.closing(5_000);
+      const started = Date.now();
+      const later = await gateway.connect(endpointId, owner);
+      clients.push(later);
+      expect((await later.query('SELECT 8 AS eight')).rows).to.deep.equal([{ eight: 8 }]);
+      expect(Date.now() - started, 'the next client waited for the server connection left mid-message').to.be.below(5_000);
+    });
+  });
+});
