@@ -144,6 +144,11 @@ export class Routing {
     return route.poolerMode === PoolerMode.POOLER_MODE_TRANSACTION ? 'transaction' : 'session';
   }
 
+  /** How long a client waits for its endpoint to start (and for a crashed compute to be replaced). */
+  get wakeTimeoutMs(): number {
+    return this.options.wakeTimeoutMs;
+  }
+
   /** Forgets the endpoint's route (its address refused a connection: the compute moved or stopped). */
   invalidate(endpointId: string): void {
     this.routes.delete(endpointId);

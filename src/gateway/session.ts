@@ -246,6 +246,7 @@ export class ClientSession {
     credentials: { clientKey: Buffer; serverKey: Buffer },
   ): Promise<ServerConnection> {
     const { routing } = this.context;
+    const giveUpAt = Date.now() + routing.wakeTimeoutMs;
     for (let attempt = 1; ; attempt++) {
       const route = await routing.runningRoute(name.endpointId);
       this.context.admit(this, route);
@@ -263,9 +264,12 @@ export class ClientSession {
       try {
         return await this.pool.acquire();
       } catch (error) {
-        // The cached address may belong to a compute that is gone: ask again (and wake) once.
-        if (error instanceof ServerConnectError && error.unreachable && attempt === 1) {
+        // The address may belong to a compute that is gone (stopped, or crashed and not yet replaced): ask again,
+        // waking it, until the wake deadline. The control plane notices a dead compute within seconds.
+        if (error instanceof ServerConnectError && error.unreachable && Date.now() < giveUpAt && !this.closed) {
           routing.invalidate(name.endpointId);
+          if (attempt > 1) await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** (attempt - 2), 1000)));
+          if (this.closed) throw new ClientGone('the client closed the connection during the login');
           continue;
         }
         throw error;

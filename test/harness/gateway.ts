@@ -35,12 +35,16 @@ export interface ConnectOptions {
 }
 
 export class GatewayNode {
+  private starts = 1;
+
   private constructor(
+    private readonly harness: Harness,
+    private readonly args: string[],
     readonly port: number,
     readonly adminPort: number,
     readonly caCert: string,
-    readonly process: ComponentProcess,
-    readonly readyLine: LogLine,
+    public process: ComponentProcess,
+    public readyLine: LogLine,
     readonly admin: Client<typeof GatewayAdminServiceDefinition>,
   ) {}
 
@@ -59,9 +63,27 @@ export class GatewayNode {
     ];
     const child = harness.spawn('gateway', args, { label: 'gateway', stopFirst: true });
     const ready = await child.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"` });
-    const channel = openChannel(`127.0.0.1:${Number(ready.adminPort)}`);
+    const port = Number(ready.port);
+    const adminPort = Number(ready.adminPort);
+    const channel = openChannel(`127.0.0.1:${adminPort}`);
     harness.defer(() => channel.close());
-    return new GatewayNode(Number(ready.port), Number(ready.adminPort), fs.readFileSync(certificates.caCertFile, 'utf8'), child, ready, createClient(GatewayAdminServiceDefinition, channel));
+    // A restart listens where this one does, so clients and the admin channel find it again.
+    const restartArgs = [...args];
+    restartArgs[restartArgs.indexOf('--listen') + 1] = `127.0.0.1:${port}`;
+    restartArgs[restartArgs.indexOf('--admin-listen') + 1] = `127.0.0.1:${adminPort}`;
+    const caCert = fs.readFileSync(certificates.caCertFile, 'utf8');
+    return new GatewayNode(harness, restartArgs, port, adminPort, caCert, child, ready, createClient(GatewayAdminServiceDefinition, channel));
+  }
+
+  /** Stops it (SIGTERM, or SIGKILL with `crash`) unless it exited already, and starts it again on the same ports. */
+  async restart(options: { crash?: boolean } = {}): Promise<void> {
+    if (!this.process.exited) {
+      if (options.crash) await this.process.kill9();
+      else await this.process.stop();
+    }
+    this.starts += 1;
+    this.process = this.harness.spawn('gateway', this.args, { label: `gateway#${this.starts}`, stopFirst: true });
+    this.readyLine = await this.process.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"` });
   }
 
   /** `pg` client settings for an endpoint through this gateway. */
