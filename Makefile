@@ -55,7 +55,8 @@ down: ## Stops what `make up` started
 status: ## Shows what `make up` runs
 	node dist/scripts/local-cluster.js status
 
-bench: bench-wal bench-pageserver bench-gateway ## Runs every benchmark
+bench: build ## Runs every benchmark, one after another, and prints a table of their last lines
+	node dist/bench/all.js
 
 bench-wal: build ## pgbench through the walproposer and three safekeepers vs. plain Postgres
 	node dist/bench/wal-quorum.js
