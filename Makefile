@@ -46,7 +46,7 @@ test-unit: build ## Runs only the unit tests
 test-integration: build ## Runs only the integration tests
 	$(BIN)/mocha --no-config --timeout 120000 --exit 'dist/test/integration/**/*.test.js'
 
-up: system-deps build ## Starts the platform (Redis, safekeepers, pageserver, provisioner, control plane) in .spg99/ and prints how to connect
+up: system-deps build ## Starts the platform (Redis, safekeepers, pageserver, provisioner, control plane, gateway) in .spg99/ and prints how to connect
 	node dist/scripts/local-cluster.js up
 
 down: ## Stops what `make up` started
