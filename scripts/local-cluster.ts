@@ -23,6 +23,10 @@ import { createSpgClient, openChannel } from '../src/lib/grpc/client.js';
 import { ClientError, Status } from '../src/lib/grpc/errors.js';
 import { pingRedis, redisServerBinary, writeRedisConfig } from '../src/lib/redis.js';
 import { ensureLocalCertificates } from '../src/lib/tls-certs.js';
+import { isAlive } from '../src/lib/process.js';
+import { createClient } from 'nice-grpc';
+import { HealthDefinition } from 'nice-grpc-server-health';
+import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 import {
   ControlPlaneInternalServiceDefinition,
   ControlPlaneServiceDefinition,
@@ -54,6 +58,8 @@ interface ClusterState {
   version: 2;
   pids: Record<string, number>;
   ports: typeof ports;
+  /** Each component's Prometheus port, from its ready line (older state files have none). */
+  metricsPorts?: Record<string, number>;
 }
 
 /** Secrets shown once by the control plane, kept for the local user (mode 0600). */
@@ -87,13 +93,7 @@ function writeCredentials(credentials: Credentials): void {
 }
 
 function alive(pid: number | undefined): boolean {
-  if (!pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+  return pid !== undefined && pid > 0 && isAlive(pid);
 }
 
 /** Starts `binary args` detached, its output appended to <home>/logs/<name>.log; returns its pid and log. */
@@ -134,6 +134,11 @@ async function waitForLog(logFile: string, offset: number, msg: string, pid: num
     if (Date.now() > deadline) throw new Error(`no "${msg}" in ${logFile} after ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+/** Keeps the Prometheus port a component's ready line names, for `make status`. */
+function recordMetrics(state: ClusterState, name: string, ready: LogEntry): void {
+  if (typeof ready.metricsPort === 'number') state.metricsPorts = { ...state.metricsPorts, [name]: ready.metricsPort };
 }
 
 function logSize(file: string): number {
@@ -283,7 +288,7 @@ async function start(state: ClusterState, started: number): Promise<string> {
       const offset = logSize(logFile);
       const { pid } = launchComponent(name, 'safekeeper', ['--id', `sk-${index + 1}`, '--data-dir', path.join(home, name), '--listen', `127.0.0.1:${port}`]);
       state.pids[name] = pid;
-      await waitForLog(logFile, offset, 'safekeeper ready', pid);
+      recordMetrics(state, name, await waitForLog(logFile, offset, 'safekeeper ready', pid));
     }),
   ]);
   writeState(state);
@@ -300,8 +305,8 @@ async function start(state: ClusterState, started: number): Promise<string> {
   state.pids.provisioner = provisioner.pid;
   writeState(state);
   await Promise.all([
-    waitForLog(pageserverLog, pageserverOffset, 'pageserver ready', pageserver.pid),
-    waitForLog(provisionerLog, provisionerOffset, 'provisioner ready', provisioner.pid),
+    waitForLog(pageserverLog, pageserverOffset, 'pageserver ready', pageserver.pid).then((line) => recordMetrics(state, 'pageserver', line)),
+    waitForLog(provisionerLog, provisionerOffset, 'provisioner ready', provisioner.pid).then((line) => recordMetrics(state, 'provisioner', line)),
   ]);
   mark('pageserver and provisioner', since);
 
@@ -320,7 +325,7 @@ async function start(state: ClusterState, started: number): Promise<string> {
   ]);
   state.pids['control-plane'] = controlPlane.pid;
   writeState(state);
-  await waitForLog(controlPlaneLog, controlPlaneOffset, 'control plane ready', controlPlane.pid);
+  recordMetrics(state, 'control-plane', await waitForLog(controlPlaneLog, controlPlaneOffset, 'control plane ready', controlPlane.pid));
   mark('control plane', since);
 
   since = performance.now();
@@ -337,7 +342,8 @@ async function start(state: ClusterState, started: number): Promise<string> {
   ]);
   state.pids.gateway = gateway.pid;
   writeState(state);
-  await waitForLog(gatewayLog, gatewayOffset, 'gateway ready', gateway.pid);
+  recordMetrics(state, 'gateway', await waitForLog(gatewayLog, gatewayOffset, 'gateway ready', gateway.pid));
+  writeState(state);
   mark('gateway', since);
   return timings.join(', ');
 }
@@ -419,25 +425,61 @@ function addressOf(name: string): string {
   return safekeeper ? `127.0.0.1:${ports.safekeepers[Number(safekeeper[1]) - 1]}` : '';
 }
 
+/** The gRPC address whose health stands for a component (the gateway's admin server). */
+function healthAddressOf(name: string): string | null {
+  if (name === 'redis') return null;
+  if (name === 'gateway') return `127.0.0.1:${ports.gatewayAdmin}`;
+  return addressOf(name);
+}
+
+/** What a component answers now: Redis to PING, the others to grpc.health.v1 Check, within two seconds. */
+async function healthOf(name: string, pid: number): Promise<string> {
+  if (!alive(pid)) return 'down (process gone)';
+  if (name === 'redis') {
+    const answer = await pingRedis('127.0.0.1', ports.redis, 2_000).catch((error: Error) => `no answer (${error.message})`);
+    return answer === '+PONG' ? 'ok (PONG)' : answer;
+  }
+  const channel = openChannel(healthAddressOf(name)!);
+  try {
+    const { status } = await createClient(HealthDefinition, channel).check({ service: '' }, { signal: AbortSignal.timeout(2_000) });
+    return status === HealthCheckResponse_ServingStatus.SERVING ? 'ok (SERVING)' : `not serving (${HealthCheckResponse_ServingStatus[status]})`;
+  } catch (error) {
+    return `no answer (${(error as Error).message.split('\n')[0].slice(0, 60)})`;
+  } finally {
+    channel.close();
+  }
+}
+
+/** Every component with its pid, its health as it answers now, its address and its metrics; then the demo endpoint. */
 async function status(): Promise<void> {
   const state = readJson<ClusterState>(stateFile);
   if (!state) {
     console.log('not started: run make up');
     return;
   }
-  for (const [name, pid] of Object.entries(state.pids)) {
-    console.log(`${name.padEnd(14)} pid ${String(pid).padEnd(8)} ${alive(pid) ? 'running' : 'stopped'}  ${addressOf(name)}`);
-  }
-  if (Object.keys(state.pids).length === 0) {
+  const names = Object.keys(state.pids);
+  if (names.length === 0) {
     console.log(`stopped (data kept in ${homeShown})`);
     return;
   }
+  const health = await Promise.all(names.map((name) => healthOf(name, state.pids[name])));
+  const rows = [
+    ['component', 'pid', 'health', 'address', 'metrics'],
+    ...names.map((name, index) => {
+      const metricsPort = state.metricsPorts?.[name];
+      return [name, String(state.pids[name]), health[index], addressOf(name), metricsPort ? `http://127.0.0.1:${metricsPort}/metrics` : '-'];
+    }),
+  ];
+  const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
+  for (const row of rows) console.log(row.map((cell, column) => cell.padEnd(widths[column])).join('  ').trimEnd());
+  console.log(`logs in ${shownPath(logDir)}/`);
+  if (health.some((answer) => !answer.startsWith('ok'))) process.exitCode = 1;
   const credentials = readJson<Credentials>(credentialsFile);
   if (!credentials?.demo || !alive(state.pids['control-plane'])) return;
   const clients = controlPlaneClients(credentials.apiKey);
   try {
     const { endpoint } = await clients.api.getEndpoint({ endpointId: credentials.demo.endpointId }, { deadline: new Date(Date.now() + 5_000) });
-    console.log(`demo endpoint  ${credentials.demo.endpointId} ${EndpointState[endpoint!.state].replace('ENDPOINT_STATE_', '')}: ${endpoint!.stateReason}`);
+    console.log(`demo endpoint ${credentials.demo.endpointId} ${EndpointState[endpoint!.state].replace('ENDPOINT_STATE_', '')}: ${endpoint!.stateReason}`);
   } finally {
     clients.close();
   }

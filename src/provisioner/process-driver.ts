@@ -21,6 +21,7 @@ import { failedPrecondition, notFound, ServerError, Status } from '../lib/grpc/e
 import type { Logger } from '../lib/log.js';
 import { formatLsn } from '../lib/lsn.js';
 import { freePort } from '../lib/net.js';
+import { isAlive } from '../lib/process.js';
 import { STANDBY_FLAG } from '../lib/standby.js';
 import {
   agentArgs,
@@ -530,18 +531,6 @@ export function postmasterPid(pgDataDir: string): number | null {
     return Number.isInteger(pid) && pid > 0 && isAlive(pid) ? pid : null;
   } catch {
     return null;
-  }
-}
-
-/** Whether process `pid` runs (a zombie counts as gone). */
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    // A zombie is gone for our purposes (its parent has not reaped it yet).
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
   }
 }
 

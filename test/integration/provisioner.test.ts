@@ -13,7 +13,7 @@ import { PageserverNode } from '../harness/pageserver.js';
 import { newComputeId, newEndpointId, ProvisionerNode } from '../harness/provisioner.js';
 import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { ComputeState, StopMode, type Compute, type ComputeSpec } from '../../gen/spg99/provisioner/v1/provisioner.js';
-import { isAlive } from '../../src/provisioner/process-driver.js';
+import { isAlive } from '../../src/lib/process.js';
 
 
 function postmasterPid(pgDataDir: string): number | null {

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { expect } from 'chai';
 import { freePort } from '../../src/lib/net.js';
+import { isAlive } from '../../src/lib/process.js';
 import { REPO_ROOT, TempDir } from '../harness/process.js';
 
 const README = path.join(REPO_ROOT, 'README.md');
@@ -28,7 +29,7 @@ interface Step {
   /** The command exactly as the README writes it (comments stripped). */
   command: string;
   /** Checks what a user would see, and notes what later steps need. */
-  check(output: string, values: Values): void;
+  check(output: string, values: Values): void | Promise<void>;
 }
 
 /** A psql result table: the rows as `id|name`, checking the row count line. */
@@ -65,6 +66,23 @@ const STEPS: Step[] = [
       // The user copies the export line; the machine line carries the same key.
       expect(output).to.contain(`export SPG99_API_KEY=${up.apiKey}`);
       values.set('<API key>', up.apiKey);
+    },
+  },
+  {
+    command: 'make status',
+    async check(output) {
+      const components = ['redis', 'safekeeper-1', 'safekeeper-2', 'safekeeper-3', 'pageserver', 'provisioner', 'control-plane', 'gateway'];
+      for (const name of components) {
+        expect(output, `${name} answers its health check`).to.match(new RegExp(`^${name}\\s+\\d+\\s+ok \\((PONG|SERVING)\\)\\s+\\S+`, 'm'));
+      }
+      // Every component but Redis names its Prometheus endpoint, which answers.
+      const metrics = output.match(/http:\/\/127\.0\.0\.1:\d+\/metrics/g) ?? [];
+      expect(metrics, output).to.have.length(components.length - 1);
+      for (const url of metrics) {
+        const text = await (await fetch(url, { signal: AbortSignal.timeout(10_000) })).text();
+        expect(text, url).to.match(/^# TYPE spg99_\w+ /m);
+      }
+      expect(output).to.match(/^demo endpoint ep-\S+ RUNNING: /m);
     },
   },
   { command: 'export SPG99_API_KEY=<API key>', check() {} },
@@ -187,14 +205,6 @@ function bash(command: string, env: NodeJS.ProcessEnv): Promise<Run> {
   });
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Processes whose command line names `directory` (the platform's, and the computes' agents and Postgres). */
 function processesUnder(directory: string): number[] {
@@ -256,7 +266,7 @@ describe('the README quickstart', function () {
       for (const [placeholder, value] of values) text = text.split(placeholder).join(value);
       expect(text, 'every placeholder was filled in').to.not.match(/<[^>]*>/);
       return text
-        .replace(/^make (up|down)$/, `node ${LOCAL_CLUSTER} $1`)
+        .replace(/^make (up|down|status)$/, `node ${LOCAL_CLUSTER} $1`)
         .replace(' port=5432 ', ` port=${gatewayPort} `)
         .replace('sslrootcert=.spg99/', `sslrootcert=${home.path}/`);
     };
@@ -273,7 +283,7 @@ describe('the README quickstart', function () {
       const shown = `$ ${command}\n${result.stdout}${result.stderr}`;
       expect(result.code, `exit code of:\n${shown}`).to.equal(0);
       try {
-        step.check(result.stdout, values);
+        await step.check(result.stdout, values);
       } catch (error) {
         process.stderr.write(`\n${shown}\n`);
         throw error;
@@ -314,7 +324,7 @@ describe('the README quickstart', function () {
       const stopped = await bash(`node ${LOCAL_CLUSTER} down`, env);
       if (stopped.code !== 0) process.stderr.write(`local-cluster down failed:\n${stopped.stdout}${stopped.stderr}\n`);
       for (const pid of [...recordedPids, ...processesUnder(home.path)]) {
-        if (alive(pid)) {
+        if (isAlive(pid)) {
           process.stderr.write(`killing leftover pid ${pid}\n`);
           process.kill(pid, 'SIGKILL');
         }
@@ -344,7 +354,7 @@ describe('the README quickstart', function () {
 
       // make down left nothing running: neither the platform nor a compute.
       expect(pidsBeforeDown).to.have.length(8);
-      expect(pidsBeforeDown.filter(alive), 'pids of cluster.json alive after make down').to.deep.equal([]);
+      expect(pidsBeforeDown.filter(isAlive), 'pids of cluster.json alive after make down').to.deep.equal([]);
       expect(processesUnder(home.path), `processes under ${home.path} after make down`).to.deep.equal([]);
       expect(errorLines(home.path), 'ERROR or FATAL log lines').to.deep.equal([]);
 
