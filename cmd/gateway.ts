@@ -28,6 +28,8 @@ const spec = {
   maxClients: { kind: 'integer', description: 'client connections of the whole gateway', default: 10_000, min: 1 },
   maxClientsPerEndpoint: { kind: 'integer', description: 'client connections per endpoint when its route sets none', default: 1000, min: 1 },
   serverIdleTimeoutS: { kind: 'integer', description: 'idle server connections are closed after this many seconds', default: 30, min: 1 },
+  startupTimeoutS: { kind: 'integer', description: 'a client must send its startup packet (TLS included) within this many seconds of connecting', default: 10, min: 1 },
+  loginTimeoutS: { kind: 'integer', description: 'a client must finish its password exchange within this many seconds of its startup packet', default: 60, min: 1 },
   maxMessageMb: { kind: 'integer', description: 'the longest message a client may send, in MiB', default: 64, min: 1, max: 1024 },
 } as const;
 
@@ -62,6 +64,8 @@ await runComponent('gateway', spec, async (config) => {
     maxClientsPerEndpoint: config.maxClientsPerEndpoint,
     serverIdleTimeoutMs: config.serverIdleTimeoutS * 1000,
     maxMessageBytes: config.maxMessageMb * 1024 * 1024,
+    startupTimeoutMs: config.startupTimeoutS * 1000,
+    loginTimeoutMs: config.loginTimeoutS * 1000,
   });
   const port = await gateway.start();
   const { server, listen } = buildServer(log);

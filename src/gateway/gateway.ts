@@ -57,8 +57,13 @@ export interface GatewayOptions {
   serverConnectTimeoutMs?: number;
   /** The longest message a client may send (default 64 MiB). */
   maxMessageBytes?: number;
-  /** A client must send its startup packet within this time (default 10 s). */
+  /**
+   * A client must have sent its startup packet within this time of connecting, encryption requests and the TLS
+   * handshake included (default 10 s).
+   */
   startupTimeoutMs?: number;
+  /** A client must have finished its password exchange within this time of its startup packet (default 60 s). */
+  loginTimeoutMs?: number;
 }
 
 /** Per endpoint: the pause gate, its clients and its pools. */
@@ -88,6 +93,7 @@ export class Gateway {
       routing: this.routing,
       log: this.options.log,
       maxMessageBytes: this.options.maxMessageBytes ?? 64 * 1024 * 1024,
+      loginTimeoutMs: this.options.loginTimeoutMs ?? 60_000,
       pool: (key, route, credentials) => this.poolFor(key, route, credentials),
       register: (session) => {
         for (;;) {
@@ -170,28 +176,36 @@ export class Gateway {
     let socket: net.Socket = raw;
     let secure = false;
     let serverName: string | undefined;
-    let first = await readFirstPacket(socket, this.options.startupTimeoutMs ?? 10_000);
+    // One deadline for everything before the startup packet: encryption requests cannot prolong it.
+    const deadline = Date.now() + (this.options.startupTimeoutMs ?? 10_000);
+    const left = () => Math.max(1, deadline - Date.now());
+    let first = await readFirstPacket(socket, left());
     if (first.direct) {
       // Direct TLS (sslnegotiation=direct): the handshake began without an SSLRequest.
       if (!this.secureContext) throw new ProtocolError('this gateway has no TLS certificate: connect without sslnegotiation=direct', '08P01');
-      ({ socket, serverName } = await this.upgrade(replaying(raw, first.leftover)));
+      ({ socket, serverName } = await this.upgrade(replaying(raw, first.leftover), left()));
       current.socket = socket;
       secure = true;
-      first = await readFirstPacket(socket, this.options.startupTimeoutMs ?? 10_000);
+      first = await readFirstPacket(socket, left());
     }
+    // As in Postgres: at most one SSLRequest (none after direct TLS) and one GSSENCRequest per connection.
+    const asked = new Set<string>(secure ? ['ssl'] : []);
     for (;;) {
       const packet = first.packet;
       if (packet.kind === 'ssl' || packet.kind === 'gssenc') {
+        const name = packet.kind === 'ssl' ? 'SSLRequest' : 'GSSENCRequest';
+        if (asked.has(packet.kind)) throw new ProtocolError(`a second ${name} on one connection: refused (send the startup packet after the answer)`);
+        asked.add(packet.kind);
         if (first.leftover.length > 0) throw new ProtocolError('data after the encryption request, before the answer: refused');
-        if (packet.kind === 'ssl' && this.secureContext && !secure) {
+        if (packet.kind === 'ssl' && this.secureContext) {
           socket.write('S');
-          ({ socket, serverName } = await this.upgrade(socket));
+          ({ socket, serverName } = await this.upgrade(socket, left()));
           current.socket = socket;
           secure = true;
         } else {
           socket.write('N');
         }
-        first = await readFirstPacket(socket, this.options.startupTimeoutMs ?? 10_000);
+        first = await readFirstPacket(socket, left());
         continue;
       }
       if (packet.kind === 'cancel') {
@@ -223,14 +237,14 @@ export class Gateway {
   }
 
   /** TLS over `socket` with the gateway's certificate; answers the TLS socket and the client's server name. */
-  private upgrade(socket: net.Socket | Duplex): Promise<{ socket: tls.TLSSocket; serverName: string | undefined }> {
+  private upgrade(socket: net.Socket | Duplex, timeoutMs: number): Promise<{ socket: tls.TLSSocket; serverName: string | undefined }> {
     const secured = new tls.TLSSocket(socket as net.Socket, { isServer: true, secureContext: this.secureContext!, ALPNProtocols: ['postgresql'] });
     secured.on('error', () => undefined);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         secured.destroy();
         reject(new Error('TLS handshake timed out'));
-      }, this.options.startupTimeoutMs ?? 10_000);
+      }, timeoutMs);
       secured.once('secure', () => {
         clearTimeout(timer);
         const name = (secured as tls.TLSSocket & { servername?: string | false }).servername;

@@ -83,6 +83,8 @@ export interface SessionContext {
   pool(key: PoolKey, route: EndpointRoute, credentials: { clientKey: Buffer; serverKey: Buffer }): Pool;
   /** The longest a message from a client may be. */
   maxMessageBytes: number;
+  /** The password exchange must be over within this time of the startup packet (the wake has its own deadline). */
+  loginTimeoutMs: number;
   /** Registers the session under its cancel key; answers the key. */
   register(session: ClientSession): { processId: number; secretKey: number };
   unregister(session: ClientSession): void;
@@ -129,6 +131,7 @@ export class ClientSession {
   /** Session mode: Query/Sync/FunctionCall messages sent that Postgres has not answered with ReadyForQuery yet. */
   private awaitingReady = 0;
   private closed = false;
+  private loginTimer: NodeJS.Timeout | undefined;
   private clientScanner: FrameScanner | null = null;
   private serverScanner: FrameScanner | null = null;
   private toServer: Buffer[] = [];
@@ -149,12 +152,19 @@ export class ClientSession {
     const { log } = this.context;
     const reader = new MessageQueue(this.socket, this.context.maxMessageBytes);
     if (leftover.length > 0) reader.feed(leftover);
+    // A client that stops answering mid-login must not hold its place (an endpoint's client slot) for long.
+    const seconds = Math.round(this.context.loginTimeoutMs / 1000);
+    this.loginTimer = setTimeout(() => {
+      reader.abort(new RoutingError(`canceling authentication due to timeout: the login did not finish within ${seconds} s`, '57014', 'The client stopped answering during the password exchange; connect again.'));
+    }, this.context.loginTimeoutMs);
     try {
       await this.login(parameters, reader);
     } catch (error) {
       reader.stop();
       this.failLogin(error);
       return;
+    } finally {
+      clearTimeout(this.loginTimer);
     }
     const rest = reader.stop();
     this.state = 'idle';
@@ -224,6 +234,7 @@ export class ClientSession {
       throw error;
     }
     this.socket.write(authenticationSaslFinal(outcome.serverFinal));
+    clearTimeout(this.loginTimer);
     const credentials = { clientKey: outcome.clientKey, serverKey: parseVerifier(verifier).serverKey };
 
     // Wake (when stopped) and take a server connection: its ParameterStatus is what the client is told.
@@ -338,7 +349,7 @@ export class ClientSession {
       this.close();
       return;
     }
-    this.flushToServer();
+    this.flushToServer(chunk);
   }
 
   private readonly clientSink = {
@@ -565,7 +576,7 @@ export class ClientSession {
       this.close();
       return;
     }
-    this.flushToClient();
+    this.flushToClient(chunk);
     if (this.mode === 'transaction') this.maybeRelease();
   }
 
@@ -648,23 +659,25 @@ export class ClientSession {
     this.pool!.release(server, true);
   }
 
-  private flushToServer(): void {
+  /** Writes what is queued for the server; `source` is the chunk it came from, written as is when unchanged. */
+  private flushToServer(source?: Buffer): void {
     const server = this.server;
     if (!server || this.toServer.length === 0) return;
     const out = this.toServer;
     this.toServer = [];
-    const ok = server.socket.write(out.length === 1 ? out[0] : Buffer.concat(out));
+    const ok = server.socket.write(joined(out, source));
     if (!ok) {
       this.socket.pause();
       server.socket.once('drain', () => this.socket.resume());
     }
   }
 
-  private flushToClient(): void {
+  /** Writes what is queued for the client; `source` is the chunk it came from, written as is when unchanged. */
+  private flushToClient(source?: Buffer): void {
     if (this.toClient.length === 0) return;
     const out = this.toClient;
     this.toClient = [];
-    const ok = this.socket.write(out.length === 1 ? out[0] : Buffer.concat(out));
+    const ok = this.socket.write(joined(out, source));
     if (!ok && this.server) {
       const server = this.server;
       server.socket.pause();
@@ -698,6 +711,23 @@ export class ClientSession {
     if (!this.socket.destroyed) this.socket.end();
     setTimeout(() => this.socket.destroy(), 1_000).unref();
   }
+}
+
+/**
+ * The pieces as one buffer: `source` itself when they are its bytes in order, end to end (nothing was rewritten,
+ * injected or held back: the common case, a whole answer in one chunk), else a copy.
+ */
+function joined(pieces: Buffer[], source: Buffer | undefined): Buffer {
+  if (pieces.length === 1) return pieces[0];
+  if (source) {
+    let offset = source.byteOffset;
+    for (const piece of pieces) {
+      if (piece.buffer !== source.buffer || piece.byteOffset !== offset) return Buffer.concat(pieces);
+      offset += piece.length;
+    }
+    if (offset === source.byteOffset + source.length) return source;
+  }
+  return Buffer.concat(pieces);
 }
 
 /** The client left before the login finished. */
@@ -755,6 +785,11 @@ class MessageQueue {
       this.waiter = null;
       waiter.reject(error);
     }
+  }
+
+  /** Fails the login: the pending and every later next() reject with `error`. */
+  abort(error: Error): void {
+    this.fail(error);
   }
 
   next(): Promise<Buffer> {

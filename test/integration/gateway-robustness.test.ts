@@ -657,6 +657,54 @@ describe('gateway robustness (bad input, fuzz, limits, pooling corner cases; rea
     });
   });
 
+  describe('stalled and repeating clients', () => {
+    const { clients, platform, wire } = useFixtures();
+
+    it('lets go of a client that stalls in its login, freeing its place, and refuses a second encryption request', async () => {
+      const { gateway, api, endpointId, owner } = await platform({
+        gatewayArgs: ['--startup-timeout-s', '2', '--login-timeout-s', '2', '--max-clients-per-endpoint', '1'],
+      });
+      const session = startupParameters(owner.user, endpointId);
+
+      // It sends the startup packet and then stops answering the password exchange: while it stalls it holds the
+      // endpoint's one client place; after the login timeout it is told why and let go, and the place is free.
+      const stalled = await wire(gateway.port);
+      stalled.write(startupMessage(session));
+      const sasl = await stalled.expectMessage('R');
+      expect(sasl.readInt32BE(5), 'AuthenticationSASL').to.equal(10);
+      const refused = await connectFailure(gateway.clientConfig(endpointId, owner));
+      expect(refused.code, refused.message).to.equal('53300');
+      const timedOut = await stalled.fatal(30_000);
+      expect(timedOut.C, timedOut.M).to.equal('57014');
+      expect(timedOut.M).to.contain('canceling authentication due to timeout: the login did not finish within 2 s');
+      const client = await gateway.connect(endpointId, owner);
+      clients.push(client);
+      expect((await client.query('SELECT 1 AS one')).rows).to.deep.equal([{ one: 1 }]);
+      await client.end();
+      expect(await endpointState(api, endpointId)).to.equal(EndpointState.ENDPOINT_STATE_RUNNING);
+
+      // Encryption requests do not prolong the time to the startup packet, and a second one of a kind is refused.
+      const twiceGss = await wire(gateway.port);
+      twiceGss.write(firstPacket(GSSENC_REQUEST_CODE));
+      expect((await twiceGss.bytes(1)).toString('latin1')).to.equal('N');
+      twiceGss.write(firstPacket(GSSENC_REQUEST_CODE));
+      const secondGss = await twiceGss.fatal();
+      expect(secondGss.C, secondGss.M).to.equal('08P01');
+      expect(secondGss.M).to.contain('a second GSSENCRequest on one connection');
+      const twiceSsl = await WireClient.connectTls(gateway.port, `${endpointId}.localhost`, gateway.caCert);
+      twiceSsl.write(firstPacket(SSL_REQUEST_CODE));
+      const secondSsl = await twiceSsl.fatal();
+      expect(secondSsl.M).to.contain('a second SSLRequest on one connection');
+      twiceSsl.destroy();
+      // A GSSENCRequest and then silence: let go at the deadline counted from the connect.
+      const slow = await wire(gateway.port);
+      slow.write(firstPacket(GSSENC_REQUEST_CODE));
+      expect((await slow.bytes(1)).toString('latin1')).to.equal('N');
+      const silent = await slow.fatal(30_000);
+      expect(silent.M).to.contain('no startup packet within the time allowed');
+    });
+  });
+
   describe('transaction mode: the extended protocol', () => {
     const { clients, platform, wire } = useFixtures();
 
