@@ -106,8 +106,8 @@ function clientEnv(password: string): NodeJS.ProcessEnv {
 }
 
 /** One pgbench -S run; answers its tps (without the initial connection time). */
-async function pgbenchTps(conninfo: string, password: string, durationSeconds: number): Promise<number> {
-  const args = ['-S', '-n', '-c', String(clients), '-j', String(Math.min(clients, 2)), '-T', String(durationSeconds), conninfo];
+async function pgbenchTps(conninfo: string, password: string, durationSeconds: number, rate?: number): Promise<number> {
+  const args = ['-S', '-n', '-c', String(clients), '-j', String(Math.min(clients, 2)), '-T', String(durationSeconds), ...(rate ? ['-R', String(rate)] : []), conninfo];
   const output = await runCommand('pgbench', args, clientEnv(password));
   const tps = Number(/tps = ([0-9.]+)/.exec(output)?.[1]);
   if (!Number.isFinite(tps)) throw new Error(`pgbench printed no tps:\n${output}`);
@@ -245,6 +245,10 @@ class Pgbouncer {
     return bouncer;
   }
 
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   /** The last lines it printed. */
   tail(count = 15): string {
     return this.output.trim().split('\n').slice(-count).join('\n');
@@ -271,6 +275,46 @@ interface Setup {
   name: string;
   conninfo: string;
   tps: number[];
+  /** The pooler's process (none for direct): its main thread's time on a CPU and waiting for one is measured. */
+  pid?: number;
+  /** Per round: the pooler's CPU and run-queue wait, in µs per transaction. */
+  cpuUs: number[];
+  waitUs: number[];
+  /** The pooler's CPU per transaction at a fixed rate that leaves the machine room ({@link FIXED_RATE}). */
+  fixedRateCpuUs?: number;
+}
+
+/**
+ * Transactions per second of the efficiency run: well below what any setup reaches here, so that a pooler's CPU per
+ * transaction is its own work, not a figure of how busy the machine was (under full load, waits batch events).
+ */
+const FIXED_RATE = Number(process.env.SPG99_BENCH_FIXED_RATE ?? 4000);
+
+/** The pooler's CPU per transaction while pgbench runs `setup` at {@link FIXED_RATE}. */
+async function measureEfficiency(setup: Setup, password: string, durationSeconds: number): Promise<void> {
+  if (!setup.pid) return;
+  const before = schedstat(setup.pid);
+  const tps = await pgbenchTps(setup.conninfo, password, durationSeconds, FIXED_RATE);
+  setup.fixedRateCpuUs = (schedstat(setup.pid).runNs - before.runNs) / 1000 / (tps * durationSeconds);
+}
+
+/** A thread's time on a CPU and waiting in a run queue so far, in ns (/proc/<pid>/schedstat: the main thread). */
+function schedstat(pid: number): { runNs: number; waitNs: number } {
+  const [run, wait] = fs.readFileSync(`/proc/${pid}/schedstat`, 'utf8').trim().split(/\s+/).map(Number);
+  return { runNs: run, waitNs: wait };
+}
+
+/** One measured round of `setup`: its tps, and the pooler's CPU and wait per transaction. */
+async function measureRound(setup: Setup, password: string, durationSeconds: number): Promise<void> {
+  const before = setup.pid ? schedstat(setup.pid) : null;
+  const tps = await pgbenchTps(setup.conninfo, password, durationSeconds);
+  setup.tps.push(tps);
+  if (before && setup.pid) {
+    const after = schedstat(setup.pid);
+    const transactions = tps * durationSeconds;
+    setup.cpuUs.push((after.runNs - before.runNs) / 1000 / transactions);
+    setup.waitUs.push((after.waitNs - before.waitNs) / 1000 / transactions);
+  }
 }
 
 /** Polls the endpoint until it is in `state` (failing early when it FAILED). */
@@ -418,9 +462,9 @@ try {
     await Pgbouncer.start({ binary: pgbouncerBinary, directory: work.join('pgbouncer-tls'), postgresAddress, password, tls: certificates }),
   );
   const setups: Setup[] = [
-    { name: 'direct (Postgres)', conninfo: direct, tps: [] },
-    { name: 'pgbouncer', conninfo: `host=127.0.0.1 port=${bouncers[0].port} user=${ROLE} dbname=${DATABASE} sslmode=disable`, tps: [] },
-    { name: 'pgbouncer TLS', conninfo: `host=127.0.0.1 port=${bouncers[1].port} user=${ROLE} dbname=${DATABASE} sslmode=require`, tps: [] },
+    { name: 'direct (Postgres)', conninfo: direct, tps: [], cpuUs: [], waitUs: [] },
+    { name: 'pgbouncer', conninfo: `host=127.0.0.1 port=${bouncers[0].port} user=${ROLE} dbname=${DATABASE} sslmode=disable`, tps: [], pid: bouncers[0].pid, cpuUs: [], waitUs: [] },
+    { name: 'pgbouncer TLS', conninfo: `host=127.0.0.1 port=${bouncers[1].port} user=${ROLE} dbname=${DATABASE} sslmode=require`, tps: [], pid: bouncers[1].pid, cpuUs: [], waitUs: [] },
   ];
   let gatewayPort = 0;
   if (withGateway) {
@@ -446,12 +490,18 @@ try {
         name: 'gateway',
         conninfo: `host=127.0.0.1 port=${gatewayPort} user=${ROLE} dbname=${DATABASE} sslmode=disable options=${quoted(`endpoint=${endpointId}-pooler`)}`,
         tps: [],
+        pid: gateway.pid,
+        cpuUs: [],
+        waitUs: [],
       },
       {
         name: 'gateway TLS',
         // hostaddr: no DNS lookup of the name, which libpq still sends as SNI.
         conninfo: `host=${endpointId}-pooler.${DOMAIN} hostaddr=127.0.0.1 port=${gatewayPort} user=${ROLE} dbname=${DATABASE} sslmode=require`,
         tps: [],
+        pid: gateway.pid,
+        cpuUs: [],
+        waitUs: [],
       },
     );
   }
@@ -459,17 +509,25 @@ try {
   for (const setup of setups) await pgbenchTps(setup.conninfo, password, WARM_UP_SECONDS);
   for (let round = 0; round < rounds; round += 1) {
     const order = [...setups.slice(round % setups.length), ...setups.slice(0, round % setups.length)];
-    for (const setup of order) setup.tps.push(await pgbenchTps(setup.conninfo, password, seconds));
+    for (const setup of order) await measureRound(setup, password, seconds);
     console.log(`round ${round + 1}: ${order.map((setup) => `${setup.name} ${fixed(setup.tps.at(-1)!, 0)}`).join(', ')}`);
   }
   const tps = (name: string) => median(setups.find((setup) => setup.name === name)?.tps ?? []);
   console.log('');
   console.log(`pgbench -S, ${clients} clients, ${seconds} s per round (median of ${rounds} rounds)`);
   for (const setup of setups) {
-    console.log(`  ${setup.name.padEnd(18)} tps median=${fixed(median(setup.tps), 1).padStart(9)} (rounds ${setup.tps.map((value) => fixed(value, 0)).join(', ')})`);
+    const pooler = setup.cpuUs.length > 0 ? `; pooler per transaction: cpu ${fixed(median(setup.cpuUs), 1)} µs, waiting for a cpu ${fixed(median(setup.waitUs), 1)} µs` : '';
+    console.log(`  ${setup.name.padEnd(18)} tps median=${fixed(median(setup.tps), 1).padStart(9)} (rounds ${setup.tps.map((value) => fixed(value, 0)).join(', ')})${pooler}`);
   }
   const pgbouncerVsDirect = tps('pgbouncer') / tps('direct (Postgres)');
   console.log(`  pgbouncer/direct ${fixed(pgbouncerVsDirect, 3)}; pgbouncer TLS/pgbouncer ${fixed(tps('pgbouncer TLS') / tps('pgbouncer'), 3)}`);
+  // Efficiency: each pooler's own CPU per transaction at a rate that leaves the machine room.
+  const efficiencySeconds = Math.min(seconds, 10);
+  for (const setup of setups) await measureEfficiency(setup, password, efficiencySeconds);
+  console.log(`pooler CPU per transaction at a fixed ${FIXED_RATE} tps (pgbench -R, ${efficiencySeconds} s; its main thread, user and kernel):`);
+  for (const setup of setups.filter((one) => one.fixedRateCpuUs !== undefined)) {
+    console.log(`  ${setup.name.padEnd(18)} ${fixed(setup.fixedRateCpuUs!, 1).padStart(6)} µs`);
+  }
 
   if (!withGateway) {
     summary =

@@ -10,7 +10,20 @@ import type { Logger } from '../lib/log.js';
 import { counter, gauge, histogram } from '../lib/metrics.js';
 import { ServerConnection, type ServerConnectOptions } from './server-connection.js';
 
-const waitSeconds = histogram('spg99_gateway_pool_wait_seconds', 'Time clients waited for a server connection', ['mode'], [0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60]);
+const waitSeconds = histogram('spg99_gateway_pool_wait_seconds', 'Time clients waited for a server connection (those that found none idle)', ['mode'], [0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60]);
+/**
+ * Acquisitions by mode and whether the client waited: plain integers on the hot path (one per transaction in
+ * transaction mode, where a histogram observation would cost more than the rest of the bookkeeping), read when the
+ * metrics are scraped.
+ */
+const acquisitions = { session: { idle: 0, waited: 0 }, transaction: { idle: 0, waited: 0 } };
+counter('spg99_gateway_pool_acquisitions_total', 'Server connections handed to clients, by mode and whether the client waited for one', ['mode', 'waited'], function collect() {
+  this.reset();
+  for (const mode of ['session', 'transaction'] as const) {
+    this.inc({ mode, waited: 'no' }, acquisitions[mode].idle);
+    this.inc({ mode, waited: 'yes' }, acquisitions[mode].waited);
+  }
+});
 const serverConnectionsOpened = counter('spg99_gateway_server_connections_opened_total', 'Server connections opened to computes');
 const serverConnectionsGauge = gauge('spg99_gateway_server_connections', 'Server connections by state', ['state']);
 
@@ -107,7 +120,7 @@ export class Pool {
         continue;
       }
       this.busy.add(connection);
-      waitSeconds.observe({ mode: this.options.mode }, 0);
+      acquisitions[this.options.mode].idle += 1;
       return connection;
     }
   }
@@ -121,6 +134,7 @@ export class Pool {
     const since = Date.now();
     if (this.size < this.options.maxSize) {
       const opened = await this.openForClient();
+      acquisitions[this.options.mode].waited += 1;
       waitSeconds.observe({ mode: this.options.mode }, (Date.now() - since) / 1000);
       return opened;
     }
@@ -129,6 +143,7 @@ export class Pool {
         since,
         resolve: (connection) => {
           clearTimeout(waiter.timer);
+          acquisitions[this.options.mode].waited += 1;
           waitSeconds.observe({ mode: this.options.mode }, (Date.now() - since) / 1000);
           resolve(connection);
         },

@@ -48,6 +48,13 @@ export interface ServerConnectOptions {
 
 let nextServerId = 1;
 
+/**
+ * The read buffer of a server connection. Postgres sends in 8 KiB pieces; a result larger than this arrives in more
+ * reads. One buffer per connection, reused for every read (no allocation per read, the largest CPU cost of a read
+ * in Node after the system call).
+ */
+const READ_BUFFER_BYTES = 16 * 1024;
+
 /** A live, authenticated server connection. */
 export class ServerConnection {
   readonly id = nextServerId++;
@@ -67,13 +74,33 @@ export class ServerConnection {
   lastUsedAt = Date.now();
   /** The client session using this connection now: told when it breaks. */
   owner: { serverLost(): void } | null = null;
+  readonly socket: net.Socket;
   private closeListeners: Array<() => void> = [];
+  /** Where what the server sends goes now; null: nobody listens, and it is dropped. */
+  private receiver: ((chunk: Buffer) => void) | null = null;
+  private readBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
 
   private constructor(
-    readonly socket: net.Socket,
+    host: string,
+    port: number,
     readonly address: string,
     readonly computeId: string,
   ) {
+    // The chunk a receiver gets is a view of the read buffer, valid until it returns: what it keeps longer it copies,
+    // and a write of it that the kernel did not take at once calls readBufferTaken() (the next reads go elsewhere).
+    const socket = net.connect({
+      host,
+      port,
+      noDelay: true,
+      onread: {
+        buffer: () => this.readBuffer,
+        callback: (bytes: number, buffer: Uint8Array) => {
+          this.receiver?.(Buffer.from(buffer.buffer, buffer.byteOffset, bytes));
+          return true;
+        },
+      },
+    });
+    this.socket = socket;
     socket.on('close', () => {
       this.broken = true;
       for (const listener of this.closeListeners.splice(0)) listener();
@@ -82,6 +109,19 @@ export class ServerConnection {
     socket.on('error', () => {
       this.broken = true;
     });
+  }
+
+  /** Sends what the server sends to `receiver` from now on (null: drop it). One receiver at a time. */
+  receiveWith(receiver: ((chunk: Buffer) => void) | null): void {
+    this.receiver = receiver;
+  }
+
+  /**
+   * The last chunk (or a part of it) is still referenced by a pending write: the next reads go to a new buffer, and
+   * the old one stays with that write until it is done.
+   */
+  readBufferTaken(): void {
+    this.readBuffer = Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
   }
 
   /** Calls `listener` once when the socket closes (immediately when it has). */
@@ -93,8 +133,8 @@ export class ServerConnection {
   /** Connects, authenticates and waits for the first ReadyForQuery. */
   static async open(options: ServerConnectOptions): Promise<ServerConnection> {
     const [host, portText] = splitAddress(options.address);
-    const socket = net.connect({ host, port: Number(portText), noDelay: true });
-    const connection = new ServerConnection(socket, options.address, options.computeId);
+    const connection = new ServerConnection(host, Number(portText), options.address, options.computeId);
+    const { socket } = connection;
     try {
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new ServerConnectError(`no answer from ${options.address} within ${options.timeoutMs} ms`, undefined, true)), options.timeoutMs);
@@ -123,7 +163,7 @@ export class ServerConnection {
       const timer = setTimeout(() => fail(new ServerConnectError(`${options.address} did not finish the login within ${options.timeoutMs} ms`, undefined, true)), options.timeoutMs);
       const cleanup = () => {
         clearTimeout(timer);
-        socket.off('data', onData);
+        this.receiveWith(null);
         socket.off('close', onClose);
       };
       const fail = (error: Error) => {
@@ -179,7 +219,7 @@ export class ServerConnection {
           fail(error as Error);
         }
       };
-      socket.on('data', onData);
+      this.receiveWith(onData);
       socket.once('close', onClose);
       socket.write(startupMessage({ user: options.user, database: options.database, ...options.parameters }));
     });
@@ -197,7 +237,7 @@ export class ServerConnection {
       const timer = setTimeout(() => finish(new Error(`"${sql}" did not finish within ${timeoutMs} ms`)), timeoutMs);
       const finish = (error: Error | null) => {
         clearTimeout(timer);
-        socket.off('data', onData);
+        this.receiveWith(null);
         socket.off('close', onClose);
         if (error) {
           this.broken = true;
@@ -224,7 +264,7 @@ export class ServerConnection {
           finish(error as Error);
         }
       };
-      socket.on('data', onData);
+      this.receiveWith(onData);
       socket.once('close', onClose);
       socket.write(simpleQuery(sql));
     });

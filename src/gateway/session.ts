@@ -59,14 +59,29 @@ function changesSession(sql: string): boolean {
 
 /** What a forwarded message will be answered with, in order. */
 interface Expected {
-  kind: 'parse' | 'bind' | 'close' | 'describe' | 'execute' | 'sync' | 'query';
+  readonly kind: 'parse' | 'bind' | 'close' | 'describe' | 'execute' | 'sync' | 'query';
   /** An answer the gateway gives itself when everything before it is answered. */
-  synthetic?: Buffer;
+  readonly synthetic: Buffer | null;
   /** The answer belongs to a message the gateway injected: the client never sees it. */
-  swallow?: boolean;
+  readonly swallow: boolean;
   /** The pooler-wide statement a Parse creates (forgotten on the server connection if the Parse fails). */
-  statement?: string;
+  readonly statement: string | null;
 }
+
+/** An expected answer; entries are never changed, so the plain ones are shared (one shape for all: fast lookups). */
+function expected(kind: Expected['kind'], extra: { synthetic?: Buffer; swallow?: boolean; statement?: string } = {}): Expected {
+  return { kind, synthetic: extra.synthetic ?? null, swallow: extra.swallow ?? false, statement: extra.statement ?? null };
+}
+
+const EXPECT = {
+  query: expected('query'),
+  parse: expected('parse'),
+  bind: expected('bind'),
+  describe: expected('describe'),
+  close: expected('close'),
+  execute: expected('execute'),
+  sync: expected('sync'),
+} as const;
 
 /** A client's prepared statement in transaction mode. */
 interface ClientStatement {
@@ -447,14 +462,14 @@ export class ClientSession {
     this.server = server;
     this.state = 'active';
     server.owner = this;
-    server.socket.on('data', this.onServerData);
+    server.receiveWith(this.onServerData);
     if (server.broken) this.serverLost();
   }
 
   private detach(): ServerConnection | null {
     const server = this.server;
     if (!server) return null;
-    server.socket.off('data', this.onServerData);
+    server.receiveWith(null);
     // Paused for this client's slow socket: the next user of the connection must not find it paused.
     server.socket.resume();
     server.owner = null;
@@ -469,29 +484,29 @@ export class ClientSession {
     switch (type) {
       case MessageType.query: {
         if (changesSession(readQuery(msg))) server.dirty = true;
-        this.expect({ kind: 'query' });
+        this.expect(EXPECT.query);
         this.toServer.push(msg);
         return;
       }
       case MessageType.functionCall:
-        this.expect({ kind: 'query' });
+        this.expect(EXPECT.query);
         this.toServer.push(msg);
         return;
       case MessageType.parse: {
         const { name, query, parameterTypes } = readParse(msg);
         if (changesSession(query)) server.dirty = true;
         if (name === '') {
-          this.expect({ kind: 'parse' });
+          this.expect(EXPECT.parse);
           this.toServer.push(msg);
           return;
         }
         const globalName = statementName(query, parameterTypes);
         this.statements.set(name, { globalName, query, parameterTypes: Buffer.from(parameterTypes) });
         if (server.prepared.has(globalName)) {
-          this.expect({ kind: 'parse', synthetic: PARSE_COMPLETE });
+          this.expect(expected('parse', { synthetic: PARSE_COMPLETE }));
         } else {
           server.prepared.add(globalName);
-          this.expect({ kind: 'parse', statement: globalName });
+          this.expect(expected('parse', { statement: globalName }));
           this.toServer.push(parseMessage(globalName, query, parameterTypes));
         }
         return;
@@ -501,7 +516,7 @@ export class ClientSession {
         const known = statement === '' ? undefined : this.statements.get(statement);
         // The injected Parse is answered first: its expectation goes first.
         if (known) this.ensurePrepared(server, known);
-        this.expect({ kind: 'bind' });
+        this.expect(EXPECT.bind);
         if (!known) {
           this.toServer.push(msg);
           return;
@@ -513,7 +528,7 @@ export class ClientSession {
         const { target, name } = readTarget(msg);
         const known = target === 'S' && name !== '' ? this.statements.get(name) : undefined;
         if (known) this.ensurePrepared(server, known);
-        this.expect({ kind: 'describe' });
+        this.expect(EXPECT.describe);
         if (!known) {
           this.toServer.push(msg);
           return;
@@ -526,19 +541,19 @@ export class ClientSession {
         if (target === 'S' && name !== '' && this.statements.has(name)) {
           // The server keeps the pooler-wide statement for other clients; the client's name is gone.
           this.statements.delete(name);
-          this.expect({ kind: 'close', synthetic: CLOSE_COMPLETE });
+          this.expect(expected('close', { synthetic: CLOSE_COMPLETE }));
           return;
         }
-        this.expect({ kind: 'close' });
+        this.expect(EXPECT.close);
         this.toServer.push(msg);
         return;
       }
       case MessageType.execute:
-        this.expect({ kind: 'execute' });
+        this.expect(EXPECT.execute);
         this.toServer.push(msg);
         return;
       case MessageType.sync:
-        this.expect({ kind: 'sync' });
+        this.expect(EXPECT.sync);
         this.toServer.push(msg);
         return;
       default:
@@ -551,7 +566,7 @@ export class ClientSession {
   private ensurePrepared(server: ServerConnection, statement: ClientStatement): void {
     if (server.prepared.has(statement.globalName)) return;
     server.prepared.add(statement.globalName);
-    this.expect({ kind: 'parse', swallow: true, statement: statement.globalName });
+    this.expect(expected('parse', { swallow: true, statement: statement.globalName }));
     this.toServer.push(parseMessage(statement.globalName, statement.query, statement.parameterTypes));
   }
 
@@ -678,6 +693,8 @@ export class ClientSession {
     const out = this.toClient;
     this.toClient = [];
     const ok = this.socket.write(joined(out, source));
+    // Bytes the kernel did not take at once may still point into the server connection's read buffer.
+    if (this.socket.writableLength > 0) this.server?.readBufferTaken();
     if (!ok && this.server) {
       const server = this.server;
       server.socket.pause();

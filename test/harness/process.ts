@@ -140,7 +140,9 @@ export class ComponentProcess {
     this.stopFirst = options.stopFirst ?? false;
     const script = options.script ?? path.join(REPO_ROOT, 'dist', 'cmd', `${command}.js`);
     if (!fs.existsSync(script)) throw new Error(`${script} does not exist: build first with \`npx tsc -p .\``);
-    this.child = spawn(process.execPath, ['--enable-source-maps', script, ...args], {
+    // SPG99_CPU_PROF_DIR: every component writes a V8 CPU profile there when it exits (for benchmarks).
+    const profile = process.env.SPG99_CPU_PROF_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.SPG99_CPU_PROF_DIR}`] : [];
+    this.child = spawn(process.execPath, ['--enable-source-maps', ...profile, script, ...args], {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...options.env },
