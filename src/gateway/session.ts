@@ -692,9 +692,15 @@ export class ClientSession {
     if (this.toClient.length === 0) return;
     const out = this.toClient;
     this.toClient = [];
-    const ok = this.socket.write(joined(out, source));
+    let bytes = joined(out, source);
+    if (this.tls) {
+      // A TLS socket may hold what it is given until its previous write is done: it gets a copy of a view of the
+      // server's read buffer (small answers come from Node's buffer pool: a copy costs less than a new read buffer).
+      if (source && bytes.buffer === source.buffer) bytes = Buffer.from(bytes);
+    }
+    const ok = this.socket.write(bytes);
     // Bytes the kernel did not take at once may still point into the server connection's read buffer.
-    if (this.socket.writableLength > 0) this.server?.readBufferTaken();
+    if (!this.tls && this.socket.writableLength > 0) this.server?.readBufferTaken();
     if (!ok && this.server) {
       const server = this.server;
       server.socket.pause();
