@@ -32,14 +32,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import pg from 'pg';
 import { EndpointState, PoolerMode } from '../gen/spg99/controlplane/v1/controlplane.js';
 import { Harness, REPO_ROOT, waitFor, type ComponentProcess } from '../test/harness/process.js';
-import { RedisNode } from '../test/harness/redis.js';
-import { startSafekeepers } from '../test/harness/safekeepers.js';
-import { PageserverNode } from '../test/harness/pageserver.js';
-import { ProvisionerNode } from '../test/harness/provisioner.js';
-import { ControlPlaneNode, type ControlPlaneClient } from '../test/harness/control-plane.js';
+import type { ProvisionerNode } from '../test/harness/provisioner.js';
+import type { ControlPlaneClient } from '../test/harness/control-plane.js';
+import { startPlatform } from '../test/harness/platform.js';
 import { freePort } from '../src/lib/net.js';
 import { postgresOsUser, prepareDirectoryFor } from '../src/lib/pg/os-user.js';
 import { checkLocalServerIdentity, ensureLocalCertificates, type LocalCertificates } from '../src/lib/tls-certs.js';
+import { cleanUpOnExit } from './interrupt.js';
 
 const seconds = Number(process.env.SPG99_BENCH_SECONDS ?? 20);
 const rounds = Number(process.env.SPG99_BENCH_ROUNDS ?? 3);
@@ -391,19 +390,7 @@ function cleanUp(dumpLogs = false): Promise<void> {
   return cleaning;
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    console.error(`${signal}: stopping every process and removing the temporary directories`);
-    cleanUp(true)
-      .catch((error: unknown) => console.error((error as Error).message))
-      .finally(() => process.exit(130));
-  });
-}
-
-// A closed stdout (e.g. piped into `head`) would otherwise end this process at once and orphan its children.
-process.stdout.on('error', () => {
-  cleanUp().catch(() => undefined).finally(() => process.exit(1));
-});
+cleanUpOnExit(cleanUp);
 
 let failed = true;
 let summary = '';
@@ -424,18 +411,7 @@ try {
   const setupStarted = performance.now();
   const work = harness.tempDir('bench-gateway');
   const certificates = await ensureLocalCertificates(work.join('tls'), { domain: DOMAIN });
-  const [redis, safekeepers, pageserver, provisioner] = await Promise.all([
-    RedisNode.start(harness),
-    startSafekeepers(harness, 3),
-    PageserverNode.start(harness),
-    ProvisionerNode.start(harness),
-  ]);
-  const controlPlane = await ControlPlaneNode.start(harness, {
-    redisUrl: redis.url,
-    pageserver: pageserver.address,
-    safekeepers: safekeepers.map((node) => node.address),
-    provisioner: provisioner.address,
-  });
+  const { controlPlane, provisioner } = await startPlatform(harness);
   const tenant = await controlPlane.operator().createTenant({ name: 'bench' });
   const api = controlPlane.client(tenant.apiKeySecret);
   const project = await api.createProject({

@@ -41,6 +41,7 @@ import {
   type GetPagesRequest,
   type RelTag,
 } from '../gen/spg99/pageserver/v1/pageserver.js';
+import { cleanUpOnExit } from './interrupt.js';
 
 const run = promisify(execFile);
 const scale = Number(process.env.SPG99_BENCH_SCALE ?? 50);
@@ -320,19 +321,7 @@ function cleanUp(dumpLogs = false): Promise<void> {
   return cleaning;
 }
 
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    console.error(`${signal}: stopping every process and removing the temporary directories`);
-    cleanUp(true)
-      .catch((error: unknown) => console.error((error as Error).message))
-      .finally(() => process.exit(130));
-  });
-}
-
-// A closed stdout (e.g. piped into `head`) would otherwise end this process at once and orphan its children.
-process.stdout.on('error', () => {
-  cleanUp().catch(() => undefined).finally(() => process.exit(1));
-});
+cleanUpOnExit(cleanUp);
 
 const clients: pg.Client[] = [];
 let failed = true;

@@ -1,6 +1,7 @@
 /**
  * The platform behind the control plane, for tests that start endpoints: Redis, three safekeepers, a pageserver, a
- * provisioner, and a control plane wired to all of them, each started through the harness.
+ * provisioner, and a control plane wired to all of them, each started through the harness; with
+ * {@link startGatewayPlatform}, also a gateway in front of it and a project to connect to.
  */
 import type { SafekeeperNode } from './safekeepers.js';
 import { startSafekeepers } from './safekeepers.js';
@@ -8,7 +9,9 @@ import { ControlPlaneNode } from './control-plane.js';
 import { PageserverNode } from './pageserver.js';
 import { ProvisionerNode } from './provisioner.js';
 import { RedisNode } from './redis.js';
+import { GatewayNode } from './gateway.js';
 import type { Harness } from './process.js';
+import { PoolerMode } from '../../gen/spg99/controlplane/v1/controlplane.js';
 
 export interface Platform {
   redis: RedisNode;
@@ -34,4 +37,32 @@ export async function startPlatform(harness: Harness, options: { controlPlaneArg
     args: options.controlPlaneArgs,
   });
   return { redis, safekeepers, pageserver, provisioner, controlPlane };
+}
+
+export interface GatewayPlatformOptions {
+  /** The project's endpoints' pooler mode (default session). */
+  poolerMode?: PoolerMode;
+  gatewayArgs?: string[];
+  /** Accept clients without TLS (default true). */
+  allowPlaintext?: boolean;
+  controlPlaneArgs?: string[];
+}
+
+/**
+ * The platform, a gateway in front of it, and a tenant's project whose endpoint never suspends and is stopped until
+ * a client wakes it; answers them with the owner role's credentials.
+ */
+export async function startGatewayPlatform(harness: Harness, options: GatewayPlatformOptions = {}) {
+  const platform = await startPlatform(harness, { controlPlaneArgs: options.controlPlaneArgs });
+  const { controlPlane } = platform;
+  const gateway = await GatewayNode.start(harness, { controlPlane: controlPlane.address, allowPlaintext: options.allowPlaintext, args: options.gatewayArgs });
+  const created = await controlPlane.operator().createTenant({ name: 'acme' });
+  const api = controlPlane.client(created.apiKeySecret);
+  const project = await api.createProject({
+    name: 'shop',
+    defaultEndpointSettings: { poolerMode: options.poolerMode ?? PoolerMode.POOLER_MODE_SESSION, suspendTimeout: { seconds: 0n, nanos: 0 } },
+  });
+  const endpointId = project.defaultEndpoint!.endpointId;
+  const owner = { user: project.defaultRole!.name, password: project.defaultRolePassword };
+  return { ...platform, platform, gateway, api, project, endpointId, owner };
 }

@@ -14,9 +14,8 @@ import { expect } from 'chai';
 import pg from 'pg';
 import { EndpointState, PoolerMode } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { useHarness, waitFor } from '../harness/process.js';
-import type { Harness } from '../harness/process.js';
-import { startPlatform, type Platform } from '../harness/platform.js';
-import { GatewayNode } from '../harness/gateway.js';
+import { startGatewayPlatform, type Platform } from '../harness/platform.js';
+import type { GatewayNode } from '../harness/gateway.js';
 import type { ControlPlaneClient } from '../harness/control-plane.js';
 import { postmasterPid } from '../../src/provisioner/process-driver.js';
 
@@ -164,19 +163,7 @@ describe('durability under faults (SIGKILL of each component under a write load;
   this.timeout(900_000);
   const harness = useHarness();
 
-  async function setUp(h: Harness) {
-    const platform = await startPlatform(h, { controlPlaneArgs: ['--writer-lease-ttl-s', '5'] });
-    const gateway = await GatewayNode.start(h, { controlPlane: platform.controlPlane.address });
-    const created = await platform.controlPlane.operator().createTenant({ name: 'chaos' });
-    const api = platform.controlPlane.client(created.apiKeySecret);
-    const project = await api.createProject({
-      name: 'chaos',
-      defaultEndpointSettings: { poolerMode: PoolerMode.POOLER_MODE_TRANSACTION, suspendTimeout: { seconds: 0n, nanos: 0 } },
-    });
-    const endpointId = project.defaultEndpoint!.endpointId;
-    const owner = { user: project.defaultRole!.name, password: project.defaultRolePassword };
-    return { platform, gateway, api, project, endpointId, owner };
-  }
+
 
   it('keeps every acknowledged transaction, exactly once and whole, through a kill of each component', async () => {
     const h = harness();
@@ -186,7 +173,10 @@ describe('durability under faults (SIGKILL of each component under a write load;
     const seed = Number(process.env.SPG99_CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31));
     const rounds = Number(process.env.SPG99_CHAOS_ROUNDS ?? 2);
     const pick = random(seed);
-    const { platform, gateway, api, project, endpointId, owner } = await setUp(h);
+    const { platform, gateway, api, project, endpointId, owner } = await startGatewayPlatform(h, {
+      poolerMode: PoolerMode.POOLER_MODE_TRANSACTION,
+      controlPlaneArgs: ['--writer-lease-ttl-s', '5'],
+    });
 
     const setup = await gateway.connect(endpointId, owner);
     await setup.query('CREATE TABLE chaos (id int NOT NULL, part int NOT NULL)');

@@ -34,10 +34,10 @@ import {
 } from '../../src/gateway/protocol.js';
 import { ScramClientSession } from '../../src/lib/scram.js';
 import { checkLocalServerIdentity } from '../../src/lib/tls-certs.js';
-import { useHarness, waitFor, type Harness } from '../harness/process.js';
+import { useHarness, waitFor } from '../harness/process.js';
 import type { ControlPlaneClient } from '../harness/control-plane.js';
 import { GatewayNode } from '../harness/gateway.js';
-import { startPlatform } from '../harness/platform.js';
+import { startGatewayPlatform, type GatewayPlatformOptions } from '../harness/platform.js';
 
 // ---- Bytes ----
 
@@ -357,21 +357,6 @@ function psql(connection: string, password: string, args: string[], input = ''):
   });
 }
 
-/** The platform (test/harness/platform.ts), a gateway in front of it, and a project whose endpoint is stopped. */
-async function startGatewayPlatform(harness: Harness, options: { poolerMode?: PoolerMode; gatewayArgs?: string[] } = {}) {
-  const { controlPlane } = await startPlatform(harness);
-  const gateway = await GatewayNode.start(harness, { controlPlane: controlPlane.address, args: options.gatewayArgs });
-  const created = await controlPlane.operator().createTenant({ name: 'acme' });
-  const api = controlPlane.client(created.apiKeySecret);
-  const project = await api.createProject({
-    name: 'shop',
-    defaultEndpointSettings: { poolerMode: options.poolerMode ?? PoolerMode.POOLER_MODE_SESSION, suspendTimeout: { seconds: 0n, nanos: 0 } },
-  });
-  const endpointId = project.defaultEndpoint!.endpointId;
-  const owner = { user: project.defaultRole!.name, password: project.defaultRolePassword };
-  return { controlPlane, gateway, api, endpointId, owner };
-}
-
 async function endpointState(api: ControlPlaneClient, endpointId: string): Promise<EndpointState> {
   return (await api.getEndpoint({ endpointId })).endpoint!.state;
 }
@@ -393,7 +378,7 @@ function useFixtures() {
     harness,
     clients,
     wires,
-    platform: (options: { poolerMode?: PoolerMode; gatewayArgs?: string[] } = {}) => startGatewayPlatform(harness(), options),
+    platform: (options: GatewayPlatformOptions = {}) => startGatewayPlatform(harness(), options),
     /** A raw connection, destroyed after the test. */
     wire: async (port: number): Promise<WireClient> => {
       const client = await WireClient.connect(port);

@@ -11,7 +11,7 @@ import { EndpointState, PoolerMode } from '../../gen/spg99/controlplane/v1/contr
 import { ClientState, PoolMode } from '../../gen/spg99/gateway/v1/gateway.js';
 import { useHarness, waitFor } from '../harness/process.js';
 import type { ControlPlaneClient } from '../harness/control-plane.js';
-import { startPlatform } from '../harness/platform.js';
+import { startGatewayPlatform, type GatewayPlatformOptions } from '../harness/platform.js';
 import { GatewayNode } from '../harness/gateway.js';
 import { checkLocalServerIdentity } from '../../src/lib/tls-certs.js';
 
@@ -37,19 +37,8 @@ describe('gateway (TLS, routing, SCRAM, wake-on-connect, pooler; real processes)
     for (const client of clients.splice(0)) await client.end().catch(() => undefined);
   });
 
-  async function platform(options: { poolerMode?: PoolerMode; gatewayArgs?: string[]; allowPlaintext?: boolean } = {}) {
-    const { controlPlane, provisioner } = await startPlatform(harness());
-    const gateway = await GatewayNode.start(harness(), { controlPlane: controlPlane.address, allowPlaintext: options.allowPlaintext, args: options.gatewayArgs });
-    const created = await controlPlane.operator().createTenant({ name: 'acme' });
-    const api = controlPlane.client(created.apiKeySecret);
-    const project = await api.createProject({
-      name: 'shop',
-      defaultEndpointSettings: { poolerMode: options.poolerMode ?? PoolerMode.POOLER_MODE_SESSION, suspendTimeout: { seconds: 0n, nanos: 0 } },
-    });
-    const endpointId = project.defaultEndpoint!.endpointId;
-    const owner = { user: project.defaultRole!.name, password: project.defaultRolePassword };
-    return { controlPlane, gateway, api, project, endpointId, owner, provisioner };
-  }
+  const platform = (options: GatewayPlatformOptions = {}) => startGatewayPlatform(harness(), options);
+
 
   async function endpointState(api: ControlPlaneClient, endpointId: string): Promise<EndpointState> {
     return (await api.getEndpoint({ endpointId })).endpoint!.state;
