@@ -7,6 +7,8 @@
  * - direct: the compute's Postgres (SCRAM over TCP, no TLS);
  * - pgbouncer: PgBouncer (Debian's, installed here with apt-get when missing and root) in transaction mode in front
  *   of it, without TLS, and pgbouncer TLS: a second one with `client_tls_sslmode = require`;
+ * - node relay: `bench/node-relay.ts`, a 1:1 TCP relay in Node that copies bytes and nothing else: the floor of what
+ *   any pooler written for Node costs here (the gateway does all of that and parses, pools and authenticates);
  * - gateway: `dist/cmd/gateway.js` in the endpoint's pooler mode, without TLS (`options=endpoint=ep-…-pooler`) and
  *   with TLS (SNI `ep-…-pooler.localhost`).
  *
@@ -20,7 +22,7 @@
  * cold_start_p99_ms=<b>` (x: gateway/pgbouncer without TLS, y: gateway without TLS/direct, z: gateway/pgbouncer
  * with TLS). Targets: x ≥ 1.0, a ≤ 1000.
  * With SPG99_BENCH_GATEWAY=0 the gateway is not started (direct and PgBouncer only, to measure the baselines), and
- * the last line is `gateway baselines direct_tps=<d> pgbouncer_tps=<p> pgbouncer_tls_tps=<t>`.
+ * the last line is `gateway baselines direct_tps=<d> pgbouncer_tps=<p> pgbouncer_tls_tps=<t> node_relay_tps=<r>`.
  * Environment: SPG99_BENCH_SECONDS (pgbench -T per setup and round, default 20), SPG99_BENCH_ROUNDS (default 3),
  * SPG99_BENCH_CLIENTS (default 16), SPG99_BENCH_SCALE (default 10), SPG99_BENCH_COLD_STARTS (default 20),
  * SPG99_BENCH_GATEWAY (default 1).
@@ -54,6 +56,7 @@ const WARM_UP_SECONDS = 2;
 /** Waking a stopped endpoint starts a compute from the pageserver: generous, so a slow start is measured, not cut. */
 const WAKE_TIMEOUT_MS = 200_000;
 const GATEWAY_SCRIPT = path.join(REPO_ROOT, 'dist', 'cmd', 'gateway.js');
+const RELAY_SCRIPT = path.join(REPO_ROOT, 'dist', 'bench', 'node-relay.js');
 
 function percentile(sorted: readonly number[], fraction: number): number {
   if (sorted.length === 0) return Number.NaN;
@@ -269,6 +272,26 @@ class Pgbouncer {
   }
 }
 
+/** Starts bench/node-relay.ts in front of `postgresAddress`; resolves with its port and pid once it listens. */
+async function startNodeRelay(postgresAddress: string): Promise<{ port: number; pid: number }> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [RELAY_SCRIPT, String(port), postgresAddress], { stdio: ['ignore', 'pipe', 'pipe'] });
+  daemons.add(child);
+  child.once('close', () => daemons.delete(child));
+  let output = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      output += chunk;
+      if (output.includes('relay ready')) resolve();
+    });
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+      output += chunk;
+    });
+    child.once('exit', (code) => reject(new Error(`the node relay exited ${code}: ${output.trim()}`)));
+  });
+  return { port, pid: child.pid! };
+}
+
 /** A setup pgbench runs against, and its rounds' tps. */
 interface Setup {
   name: string;
@@ -442,6 +465,15 @@ try {
     { name: 'pgbouncer', conninfo: `host=127.0.0.1 port=${bouncers[0].port} user=${ROLE} dbname=${DATABASE} sslmode=disable`, tps: [], pid: bouncers[0].pid, cpuUs: [], waitUs: [] },
     { name: 'pgbouncer TLS', conninfo: `host=127.0.0.1 port=${bouncers[1].port} user=${ROLE} dbname=${DATABASE} sslmode=require`, tps: [], pid: bouncers[1].pid, cpuUs: [], waitUs: [] },
   ];
+  const relay = await startNodeRelay(postgresAddress);
+  setups.push({
+    name: 'node relay',
+    conninfo: `host=127.0.0.1 port=${relay.port} user=${ROLE} dbname=${DATABASE} sslmode=disable`,
+    tps: [],
+    pid: relay.pid,
+    cpuUs: [],
+    waitUs: [],
+  });
   let gatewayPort = 0;
   if (withGateway) {
     const listenPort = await freePort();
@@ -496,7 +528,10 @@ try {
     console.log(`  ${setup.name.padEnd(18)} tps median=${fixed(median(setup.tps), 1).padStart(9)} (rounds ${setup.tps.map((value) => fixed(value, 0)).join(', ')})${pooler}`);
   }
   const pgbouncerVsDirect = tps('pgbouncer') / tps('direct (Postgres)');
-  console.log(`  pgbouncer/direct ${fixed(pgbouncerVsDirect, 3)}; pgbouncer TLS/pgbouncer ${fixed(tps('pgbouncer TLS') / tps('pgbouncer'), 3)}`);
+  console.log(
+    `  pgbouncer/direct ${fixed(pgbouncerVsDirect, 3)}; pgbouncer TLS/pgbouncer ${fixed(tps('pgbouncer TLS') / tps('pgbouncer'), 3)}; ` +
+      `node relay/pgbouncer ${fixed(tps('node relay') / tps('pgbouncer'), 3)} (the floor of a pooler in Node)`,
+  );
   // Efficiency: each pooler's own CPU per transaction at a rate that leaves the machine room.
   const efficiencySeconds = Math.min(seconds, 10);
   for (const setup of setups) await measureEfficiency(setup, password, efficiencySeconds);
@@ -508,14 +543,14 @@ try {
   if (!withGateway) {
     summary =
       `gateway baselines direct_tps=${fixed(tps('direct (Postgres)'), 1)} pgbouncer_tps=${fixed(tps('pgbouncer'), 1)} ` +
-      `pgbouncer_tls_tps=${fixed(tps('pgbouncer TLS'), 1)}`;
+      `pgbouncer_tls_tps=${fixed(tps('pgbouncer TLS'), 1)} node_relay_tps=${fixed(tps('node relay'), 1)}`;
   } else {
     const tpsVsPgbouncer = tps('gateway') / tps('pgbouncer');
     const tpsVsDirect = tps('gateway') / tps('direct (Postgres)');
     const tlsVsPgbouncer = tps('gateway TLS') / tps('pgbouncer TLS');
     console.log(
       `  gateway/pgbouncer ${fixed(tpsVsPgbouncer, 3)} (target ≥ 1.0: ${tpsVsPgbouncer >= 1 ? 'met' : 'MISSED'}); gateway/direct ` +
-        `${fixed(tpsVsDirect, 3)}; gateway TLS/pgbouncer TLS ${fixed(tlsVsPgbouncer, 3)}`,
+        `${fixed(tpsVsDirect, 3)}; gateway TLS/pgbouncer TLS ${fixed(tlsVsPgbouncer, 3)}; gateway/node relay ${fixed(tps('gateway') / tps('node relay'), 3)}`,
     );
 
     // PgBouncer's server connections would only die with the compute at each stop: it is done.

@@ -6,25 +6,35 @@
  * hits both: tps is the median of the rounds, latencies are percentiles over every transaction of the setup
  * (from pgbench's per-transaction log; each TPC-B transaction ends in its commit).
  *
- * Last line: `wal_quorum tps_ratio=<x> commit_p50_ms=<a> commit_p99_ms=<b> baseline_tps=<t>`.
- * Environment: SPG99_BENCH_SECONDS (per setup), SPG99_BENCH_ROUNDS, SPG99_BENCH_CLIENTS, SPG99_BENCH_SCALE.
+ * A reference runs in the same rounds when Debian's PostgreSQL server and its `pg_receivewal` are installed
+ * (`/usr/lib/postgresql/<major>/bin`; pg_receivewal must be of the server's major): PostgreSQL's own quorum commit,
+ * `synchronous_standby_names = 'ANY 2 (r1, r2, r3)'` with three `pg_receivewal --synchronous` (C programs that fsync
+ * each piece of WAL and answer at once), against the same server without a standby. It is the least any quorum of
+ * three can cost on this machine, with no proposer in between: the ceiling for `tps_ratio` here.
+ *
+ * Last line: `wal_quorum tps_ratio=<x> commit_p50_ms=<a> commit_p99_ms=<b> baseline_tps=<t>`; the reference's line
+ * `reference native_quorum tps_ratio=<r> ...` comes before it.
+ * Environment: SPG99_BENCH_SECONDS (per setup), SPG99_BENCH_ROUNDS, SPG99_BENCH_CLIENTS, SPG99_BENCH_SCALE,
+ * SPG99_BENCH_REFERENCE=0 (skip the reference).
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
-import { Harness, TempDir } from '../test/harness/process.js';
+import { Harness, TempDir, waitFor } from '../test/harness/process.js';
 import { createTimeline, newTimelineId, startSafekeepers } from '../test/harness/safekeepers.js';
 import { ComputeNode } from '../test/harness/computes.js';
 import { initdb, PostgresServer } from '../src/lib/pg/postgres.js';
 import { createLogger } from '../src/lib/log.js';
 import { freePort } from '../src/lib/net.js';
+import { postgresOsUser, prepareDirectoryFor } from '../src/lib/pg/os-user.js';
 
 const run = promisify(execFile);
 const seconds = Number(process.env.SPG99_BENCH_SECONDS ?? 30);
 const rounds = Number(process.env.SPG99_BENCH_ROUNDS ?? 3);
 const clients = Number(process.env.SPG99_BENCH_CLIENTS ?? 8);
 const scale = Number(process.env.SPG99_BENCH_SCALE ?? 10);
+const withReference = process.env.SPG99_BENCH_REFERENCE !== '0';
 const log = createLogger('bench', {});
 log.level = 'warn';
 
@@ -81,6 +91,81 @@ async function measure(port: number, logDir: string, durationSeconds: number, fi
   }
 }
 
+/** Debian's PostgreSQL server with a pg_receivewal of the same major (the newest such), or null. */
+function findReferencePostgres(): { binDir: string; major: string } | null {
+  const root = '/usr/lib/postgresql';
+  if (!fs.existsSync(root)) return null;
+  const majors = fs.readdirSync(root).filter((name) => /^[0-9]+$/.test(name)).sort((a, b) => Number(b) - Number(a));
+  for (const major of majors) {
+    const binDir = path.join(root, major, 'bin');
+    if (['postgres', 'initdb', 'pg_receivewal'].every((name) => fs.existsSync(path.join(binDir, name)))) return { binDir, major };
+  }
+  return null;
+}
+
+/** Processes of the reference, stopped at the end. */
+const referenceProcesses: ChildProcess[] = [];
+
+/** Starts a process and keeps it for the clean-up; its stderr is kept to explain a failure. */
+function startReferenceProcess(binary: string, args: string[], options: { uid?: number; gid?: number }): { child: ChildProcess; output: () => string } {
+  let output = '';
+  const child = spawn(binary, args, { ...options, stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env.PATH, LANG: 'C', LC_ALL: 'C', TZ: 'UTC' } });
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    output = (output + chunk).slice(-4000);
+  });
+  referenceProcesses.push(child);
+  return { child, output: () => output };
+}
+
+/** initdb and start one Debian Postgres as the unprivileged user; resolves with its port once it answers. */
+async function startReferencePostgres(binDir: string, dataDir: string): Promise<number> {
+  const user = postgresOsUser();
+  prepareDirectoryFor(user, dataDir);
+  await run(path.join(binDir, 'initdb'), ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C'], {
+    uid: user.uid,
+    gid: user.gid,
+    env: { PATH: process.env.PATH, LANG: 'C', LC_ALL: 'C' },
+  });
+  const port = await freePort();
+  const settings = { listen_addresses: '127.0.0.1', port, unix_socket_directories: '', wal_level: 'replica', max_wal_senders: 10, synchronous_commit: 'on' };
+  const server = startReferenceProcess(path.join(binDir, 'postgres'), ['-D', dataDir, ...Object.entries(settings).flatMap(([name, value]) => ['-c', `${name}=${value}`])], user);
+  await waitFor(
+    async () => {
+      if (server.child.exitCode !== null) throw new Error(`the reference Postgres in ${dataDir} exited: ${server.output()}`);
+      return run('psql', ['-XAtqc', 'SELECT 1'], { env: pgEnv(port) }).then(() => true, () => false);
+    },
+    { what: `the reference Postgres on port ${port}`, timeoutMs: 60_000, intervalMs: 100 },
+  );
+  return port;
+}
+
+/**
+ * Makes the reference Postgres on `port` commit through PostgreSQL's own quorum: three pg_receivewal --synchronous,
+ * any two of which must have fsynced a commit's WAL; resolves once all three stream.
+ */
+async function startNativeQuorum(binDir: string, port: number, directory: string): Promise<void> {
+  const names = ['r1', 'r2', 'r3'];
+  for (const name of names) {
+    const walDir = path.join(directory, name);
+    fs.mkdirSync(walDir, { recursive: true });
+    startReferenceProcess(
+      path.join(binDir, 'pg_receivewal'),
+      ['-d', `host=127.0.0.1 port=${port} user=postgres application_name=${name}`, '-D', walDir, '--synchronous', '--no-loop'],
+      {},
+    );
+  }
+  await run('psql', ['-XAtq', '-c', `ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (${names.join(', ')})'`, '-c', 'SELECT pg_reload_conf()'], {
+    env: pgEnv(port),
+  });
+  await waitFor(
+    async () => {
+      const { stdout } = await run('psql', ['-XAtqc', "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'"], { env: pgEnv(port) });
+      return Number(stdout.trim()) === names.length;
+    },
+    { what: 'three pg_receivewal streaming as quorum standbys', timeoutMs: 30_000, intervalMs: 100 },
+  );
+}
+
 const workDir = TempDir.create('bench');
 const harness = new Harness();
 let baselinePostgres: PostgresServer | null = null;
@@ -104,20 +189,51 @@ try {
 
   await initialize(baselinePort);
   await initialize(compute.pgPort);
-  const baseline = new Figures();
-  const quorum = new Figures();
+  const setups: Array<{ port: number; name: string; figures: Figures }> = [
+    { port: baselinePort, name: 'baseline', figures: new Figures() },
+    { port: compute.pgPort, name: 'quorum', figures: new Figures() },
+  ];
+  const reference = withReference ? findReferencePostgres() : null;
+  if (reference) {
+    const referenceBaseline = await startReferencePostgres(reference.binDir, workDir.join('reference-baseline', 'pgdata'));
+    const referenceQuorum = await startReferencePostgres(reference.binDir, workDir.join('reference-quorum', 'pgdata'));
+    await initialize(referenceBaseline);
+    await initialize(referenceQuorum);
+    await startNativeQuorum(reference.binDir, referenceQuorum, workDir.join('reference-quorum', 'receivers'));
+    setups.push(
+      { port: referenceBaseline, name: 'reference-baseline', figures: new Figures() },
+      { port: referenceQuorum, name: 'reference-quorum', figures: new Figures() },
+    );
+  } else if (withReference) {
+    console.log(
+      'reference skipped: no Debian PostgreSQL server with its pg_receivewal in /usr/lib/postgresql/<major>/bin ' +
+        '(apt-get install postgresql measures PostgreSQL\'s own quorum commit beside ours)',
+    );
+  }
   const roundSeconds = Math.max(1, Math.round(seconds / rounds));
   for (let round = 0; round < rounds; round += 1) {
-    await measure(baselinePort, workDir.join('log-baseline'), roundSeconds, baseline);
-    await measure(compute.pgPort, workDir.join('log-quorum'), roundSeconds, quorum);
+    for (const setup of setups) await measure(setup.port, workDir.join(`log-${setup.name}`), roundSeconds, setup.figures);
   }
+  const [baseline, quorum] = setups.map((setup) => setup.figures);
   console.log(`baseline (synchronous_commit=on, no standby): ${baseline.describe()}`);
   console.log(`walproposer + 3 safekeepers:                  ${quorum.describe()}`);
+  if (reference) {
+    const [referenceBaseline, referenceQuorum] = setups.slice(2).map((setup) => setup.figures);
+    console.log(`reference: PostgreSQL ${reference.major} (Debian), synchronous_commit=on, no standby: ${referenceBaseline.describe()}`);
+    console.log(`reference: the same, ANY 2 of three pg_receivewal --synchronous: ${referenceQuorum.describe()}`);
+    console.log(
+      `reference native_quorum tps_ratio=${(referenceQuorum.medianTps / referenceBaseline.medianTps).toFixed(3)} ` +
+        `commit_p50_ms=${referenceQuorum.latency(0.5).toFixed(2)} commit_p99_ms=${referenceQuorum.latency(0.99).toFixed(2)} ` +
+        `baseline_tps=${referenceBaseline.medianTps.toFixed(1)} (PostgreSQL ${reference.major}'s own quorum commit, C standbys and no proposer between)`,
+    );
+  }
   console.log(
     `wal_quorum tps_ratio=${(quorum.medianTps / baseline.medianTps).toFixed(3)} commit_p50_ms=${quorum.latency(0.5).toFixed(2)} ` +
       `commit_p99_ms=${quorum.latency(0.99).toFixed(2)} baseline_tps=${baseline.medianTps.toFixed(1)}`,
   );
 } finally {
+  for (const child of referenceProcesses) if (child.exitCode === null && child.signalCode === null) child.kill('SIGQUIT');
+  await Promise.all(referenceProcesses.map((child) => (child.exitCode === null && child.signalCode === null ? new Promise((resolve) => child.once('exit', resolve)) : undefined)));
   await baselinePostgres?.stop('immediate');
   await harness.teardown();
   workDir.remove();
