@@ -229,6 +229,11 @@ export class Compute {
             synchronous_commit: 'on',
             synchronous_standby_names: STANDBY_NAME,
             wal_sender_timeout: '30s',
+            // A commit is durable when a majority of safekeepers fsynced its WAL; Postgres' own fsync of the same WAL
+            // (and of data files) would only add its latency to every commit. A compute's directory is never trusted
+            // after a crash: a restarted compute starts from a basebackup, and a cleanly stopped one is fsynced by the
+            // provisioner before it is kept as a cache. (Neon's computes run so too.)
+            fsync: 'off',
             // Users' roles hold SCRAM verifiers (pg_hba.conf asks them for SCRAM); a password set in SQL is hashed so too.
             password_encryption: 'scram-sha-256',
             ...this.options.pgSettings,

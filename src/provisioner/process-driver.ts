@@ -21,6 +21,7 @@ import { failedPrecondition, notFound, ServerError, Status } from '../lib/grpc/e
 import type { Logger } from '../lib/log.js';
 import { formatLsn } from '../lib/lsn.js';
 import { freePort } from '../lib/net.js';
+import { fsyncPath, fsyncTree } from '../lib/fsync-tree.js';
 import { isAlive } from '../lib/process.js';
 import { STANDBY_FLAG } from '../lib/standby.js';
 import {
@@ -195,15 +196,21 @@ export class ProcessDriver implements ComputeDriver {
   }
 
   /** Keeps a cleanly stopped compute's data directory (it ends at `finalLsn`) for the next compute of its timeline. */
-  private storeCachedData(compute: ManagedCompute, finalLsn: bigint): void {
+  private async storeCachedData(compute: ManagedCompute, finalLsn: bigint): Promise<void> {
     if (!(this.options.cacheDataDirectories ?? true) || finalLsn === 0n || !fs.existsSync(compute.pgDataDir)) return;
     const directory = this.cacheDir(compute.spec.timelineId);
     try {
       fs.rmSync(directory, { recursive: true, force: true });
       fs.mkdirSync(directory, { recursive: true });
       fs.renameSync(compute.pgDataDir, path.join(directory, 'pgdata'));
-      // Written last: a directory without it is not a cache, whatever else it holds.
-      fs.writeFileSync(path.join(directory, 'cached.json'), `${JSON.stringify({ lsn: finalLsn.toString(), computeId: compute.computeId, cachedAt: new Date().toISOString() })}\n`);
+      // Computes run Postgres with fsync=off (the safekeepers hold what is committed): the directory reaches the
+      // disk here, before it is called a cache, so that a machine crash later cannot leave a torn one behind.
+      await fsyncTree(path.join(directory, 'pgdata'));
+      // Written last (and made durable): a directory without it is not a cache, whatever else it holds.
+      const marker = path.join(directory, 'cached.json');
+      fs.writeFileSync(marker, `${JSON.stringify({ lsn: finalLsn.toString(), computeId: compute.computeId, cachedAt: new Date().toISOString() })}\n`);
+      await fsyncPath(marker);
+      await fsyncPath(directory);
     } catch (error) {
       this.options.log.warn({ err: error, computeId: compute.computeId }, 'could not keep the data directory of a stopped compute; the next start uses a basebackup');
       fs.rmSync(directory, { recursive: true, force: true });
@@ -483,7 +490,7 @@ export class ProcessDriver implements ComputeDriver {
     }
     await this.stopOrphanPostgres(compute);
     // A clean stop leaves a data directory that ends at the final LSN: the next start of the timeline may use it.
-    if (finalLsn > 0n) this.storeCachedData(compute, finalLsn);
+    if (finalLsn > 0n) await this.storeCachedData(compute, finalLsn);
     fs.rmSync(compute.directory, { recursive: true, force: true });
     compute.channel?.close();
     compute.channel = null;

@@ -297,6 +297,8 @@ describe('agent ⇄ control plane (leases, reports, roles; real processes)', fun
       );
       expect(stored.rows).to.deep.equal([{ rolpassword: verifier, rolcanlogin: true, rolcreatedb: true, rolcreaterole: true, rolsuper: false }]);
       expect((await admin.query('SHOW password_encryption')).rows[0].password_encryption).to.equal('scram-sha-256');
+      // The safekeepers make commits durable; the compute's own fsync would only add its latency (see compute.ts).
+      expect((await admin.query('SHOW fsync')).rows[0].fsync).to.equal('off');
       expect(await loginAs(compute, 'app', 'app password')).to.equal('app');
       expect((await sqlFailure(loginAs(compute, 'app', 'not the password'))).code).to.equal('28P01');
       expect((await sqlFailure(loginAs(compute, 'app', ''))).message).to.match(/password/);
