@@ -1,10 +1,11 @@
 /**
  * `make bench-wal`: what quorum durability costs. pgbench TPC-B (scale 10, 8 clients, 30 s per setup by default)
  * against Postgres with the walproposer and three safekeepers, and against the same Postgres build and settings
- * with `synchronous_commit=on` and no standby, in the same process tree. Both run side by side, and the 30 s are
- * split into alternating rounds (baseline, quorum, baseline, ...) so that a noisy moment of this shared machine
- * hits both: tps is the median of the rounds, latencies are percentiles over every transaction of the setup
- * (from pgbench's per-transaction log; each TPC-B transaction ends in its commit).
+ * with `synchronous_commit=on` and no standby, in the same process tree. (The compute runs with `fsync=off`, as every
+ * compute does: the safekeepers make its commits durable. The baseline keeps `fsync=on`: its own disk is all it has.)
+ * Both run side by side, and the 30 s are split into alternating rounds (baseline, quorum, baseline, ...) so that a
+ * noisy moment of this shared machine hits both: tps is the median of the rounds, latencies are percentiles over
+ * every transaction of the setup (from pgbench's per-transaction log; each TPC-B transaction ends in its commit).
  *
  * A reference runs in the same rounds when Debian's PostgreSQL server and its `pg_receivewal` are installed
  * (`/usr/lib/postgresql/<major>/bin`; pg_receivewal must be of the server's major): PostgreSQL's own quorum commit,

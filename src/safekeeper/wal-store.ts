@@ -2,8 +2,12 @@
  * A timeline's WAL on a safekeeper's disk: one file per 16 MiB WAL segment, each holding the segment's WAL as
  * framed chunks `[magic][length][begin LSN][crc32][reserved][bytes]`. The frame is what makes a torn write
  * detectable: on open, the last file is scanned and cut after the last chunk whose checksum holds, so a partly
- * written append is never served. Appends are written at once and made durable by a group fsync: while one
- * fdatasync runs, later appends queue for the next, and each completion announces the new flush LSN.
+ * written append is never served. Appends are written at once and made durable by a group fsync: the appends of one
+ * turn of the event loop share an fdatasync, while one runs later appends queue for the next, and each completion
+ * announces the new flush LSN. On a disk whose fdatasync is fast (under 1 ms, smoothed) it runs on the event loop
+ * itself: a round trip through libuv's thread pool cost more CPU than the fdatasync (about 35 µs of 140 per Append
+ * message here) and a third of the Append round trip. A slow disk's fdatasync goes to the pool, so that the event
+ * loop, which serves every timeline, is never blocked for long.
  *
  * The next segment's file is preallocated (written with zeros and fsynced) in the background while the current one
  * fills, as Postgres does: an fdatasync of a write inside an allocated file flushes data only, while one that
@@ -15,6 +19,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { type Lsn, WAL_SEGMENT_SIZE, segmentNumber, segmentOffset, segmentStart, formatLsn } from '../lib/lsn.js';
+import { counter } from '../lib/metrics.js';
 
 const MAGIC = 0x53504757; // "SPGW"
 const HEADER_SIZE = 24;
@@ -23,6 +28,49 @@ const PREALLOCATION_SUFFIX = '.wal.preallocated';
 /** A segment file's preallocated size: its WAL plus room for chunk headers. */
 const PREALLOCATED_BYTES = Number(WAL_SEGMENT_SIZE) + 1024 * 1024;
 const ZERO_HEADER = Buffer.alloc(HEADER_SIZE);
+/** An fdatasync runs on the event loop while the smoothed duration of recent ones is below this. */
+const INLINE_FSYNC_MAX_MS = 1;
+/** Weight of the newest duration in the smoothed one. */
+const FSYNC_SMOOTHING = 0.1;
+
+const fsyncsTotal = counter('spg99_safekeeper_wal_fsyncs_total', 'Group fdatasyncs of WAL, by where they ran (inline: on the event loop; pool: libuv\'s threads)', ['mode']);
+
+/** Where the next fdatasync runs, from the smoothed duration of the recent ones. */
+export class FsyncPlacement {
+  /** In ms; 0 before the first. */
+  private smoothedMs = 0;
+
+  /** Takes the duration of an fdatasync (inline: the call; pool: dispatch to completion, so it errs on the slow side). */
+  record(ms: number): void {
+    this.smoothedMs = this.smoothedMs === 0 ? ms : this.smoothedMs * (1 - FSYNC_SMOOTHING) + ms * FSYNC_SMOOTHING;
+  }
+
+  /** True while fdatasyncs are fast enough to run on the event loop. */
+  get inline(): boolean {
+    return this.smoothedMs < INLINE_FSYNC_MAX_MS;
+  }
+}
+
+/** This process's placement: its safekeeper's timelines share one disk, in practice. */
+const placement = new FsyncPlacement();
+
+/** fdatasyncs `fds`: on the event loop while the disk is fast, else in the thread pool; measures either. */
+async function fdatasyncAll(fds: readonly number[]): Promise<void> {
+  const started = performance.now();
+  if (placement.inline) {
+    for (const fd of fds) fs.fdatasyncSync(fd);
+    fsyncsTotal.inc({ mode: 'inline' });
+  } else {
+    await Promise.all(fds.map((fd) => new Promise<void>((resolve, reject) => fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())))));
+    fsyncsTotal.inc({ mode: 'pool' });
+  }
+  placement.record(performance.now() - started);
+}
+
+/** A turn of the event loop: the appends of the data read in this one share the fdatasync that follows. */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
 
 interface ChunkRef {
   beginLsn: Lsn;
@@ -219,10 +267,14 @@ export class WalStore {
       this.fsyncWanted = true;
       return;
     }
-    const target = this.endLsnValue;
-    const fds = [...this.dirtyFds];
-    this.dirtyFds.clear();
-    this.fsyncRunning = Promise.all(fds.map((fd) => new Promise<void>((resolve, reject) => fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())))))
+    let target: Lsn;
+    this.fsyncRunning = nextTurn()
+      .then(() => {
+        target = this.endLsnValue;
+        const fds = [...this.dirtyFds];
+        this.dirtyFds.clear();
+        return fdatasyncAll(fds);
+      })
       .then(() => {
         // Crash after this point: the chunks up to `target` survive; the flush LSN may be announced.
         if (target > this.flushedLsnValue) this.flushedLsnValue = target;

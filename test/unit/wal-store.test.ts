@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { expect } from 'chai';
-import { WalStore, type Repair } from '../../src/safekeeper/wal-store.js';
+import { FsyncPlacement, WalStore, type Repair } from '../../src/safekeeper/wal-store.js';
 import { WAL_SEGMENT_SIZE, formatLsn, type Lsn } from '../../src/lib/lsn.js';
 import { TempDir, waitFor } from '../harness/process.js';
 
@@ -454,5 +454,28 @@ describe('WalStore', () => {
       await store.waitFlushed();
       expect(store.removeBelow(WAL_SEGMENT_SIZE)).to.equal(WAL_SEGMENT_SIZE);
     });
+  });
+});
+
+describe('FsyncPlacement', () => {
+  it('runs fdatasync on the event loop while the disk is fast, moves it to the thread pool when the disk turns slow, and back', () => {
+    const placement = new FsyncPlacement();
+    expect(placement.inline, 'before any fdatasync').to.equal(true);
+    for (let sync = 0; sync < 20; sync += 1) placement.record(0.06);
+    expect(placement.inline, 'a local SSD (60 µs)').to.equal(true);
+    // One slow fdatasync among fast ones does not move it; a disk that stays slow does, within a few.
+    placement.record(3);
+    expect(placement.inline, 'one 3 ms fdatasync').to.equal(true);
+    for (let sync = 0; sync < 10; sync += 1) placement.record(4);
+    expect(placement.inline, 'a network disk (4 ms)').to.equal(false);
+    // Measured through the pool, fast again: back on the event loop.
+    for (let sync = 0; sync < 40; sync += 1) placement.record(0.2);
+    expect(placement.inline, 'fast again').to.equal(true);
+  });
+
+  it('puts a first fdatasync that was slow in the pool at once', () => {
+    const placement = new FsyncPlacement();
+    placement.record(12);
+    expect(placement.inline).to.equal(false);
   });
 });
