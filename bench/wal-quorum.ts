@@ -28,7 +28,6 @@ import { ComputeNode } from '../test/harness/computes.js';
 import { initdb, PostgresServer } from '../src/lib/pg/postgres.js';
 import { createLogger } from '../src/lib/log.js';
 import { freePort } from '../src/lib/net.js';
-import { postgresOsUser, prepareDirectoryFor } from '../src/lib/pg/os-user.js';
 
 const run = promisify(execFile);
 const seconds = Number(process.env.SPG99_BENCH_SECONDS ?? 30);
@@ -104,39 +103,22 @@ function findReferencePostgres(): { binDir: string; major: string } | null {
   return null;
 }
 
-/** Processes of the reference, stopped at the end. */
-const referenceProcesses: ChildProcess[] = [];
+/** The reference's pg_receivewal processes and Postgres servers, stopped at the end. */
+const receivers: ChildProcess[] = [];
+const referenceServers: PostgresServer[] = [];
 
-/** Starts a process and keeps it for the clean-up; its stderr is kept to explain a failure. */
-function startReferenceProcess(binary: string, args: string[], options: { uid?: number; gid?: number }): { child: ChildProcess; output: () => string } {
-  let output = '';
-  const child = spawn(binary, args, { ...options, stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env.PATH, LANG: 'C', LC_ALL: 'C', TZ: 'UTC' } });
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
-    output = (output + chunk).slice(-4000);
-  });
-  referenceProcesses.push(child);
-  return { child, output: () => output };
-}
-
-/** initdb and start one Debian Postgres as the unprivileged user; resolves with its port once it answers. */
+/** initdb and start one Postgres of the reference installation; resolves with its port once it accepts connections. */
 async function startReferencePostgres(binDir: string, dataDir: string): Promise<number> {
-  const user = postgresOsUser();
-  prepareDirectoryFor(user, dataDir);
-  await run(path.join(binDir, 'initdb'), ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--encoding=UTF8', '--locale=C'], {
-    uid: user.uid,
-    gid: user.gid,
-    env: { PATH: process.env.PATH, LANG: 'C', LC_ALL: 'C' },
-  });
+  await initdb(dataDir, log, { binDir });
   const port = await freePort();
-  const settings = { listen_addresses: '127.0.0.1', port, unix_socket_directories: '', wal_level: 'replica', max_wal_senders: 10, synchronous_commit: 'on' };
-  const server = startReferenceProcess(path.join(binDir, 'postgres'), ['-D', dataDir, ...Object.entries(settings).flatMap(([name, value]) => ['-c', `${name}=${value}`])], user);
-  await waitFor(
-    async () => {
-      if (server.child.exitCode !== null) throw new Error(`the reference Postgres in ${dataDir} exited: ${server.output()}`);
-      return run('psql', ['-XAtqc', 'SELECT 1'], { env: pgEnv(port) }).then(() => true, () => false);
-    },
-    { what: `the reference Postgres on port ${port}`, timeoutMs: 60_000, intervalMs: 100 },
-  );
+  const server = await PostgresServer.start({
+    dataDir,
+    port,
+    binDir,
+    log,
+    settings: { wal_level: 'replica', max_wal_senders: 10, synchronous_commit: 'on' },
+  });
+  referenceServers.push(server);
   return port;
 }
 
@@ -149,11 +131,12 @@ async function startNativeQuorum(binDir: string, port: number, directory: string
   for (const name of names) {
     const walDir = path.join(directory, name);
     fs.mkdirSync(walDir, { recursive: true });
-    startReferenceProcess(
+    const receiver = spawn(
       path.join(binDir, 'pg_receivewal'),
       ['-d', `host=127.0.0.1 port=${port} user=postgres application_name=${name}`, '-D', walDir, '--synchronous', '--no-loop'],
-      {},
+      { stdio: ['ignore', 'ignore', 'inherit'] },
     );
+    receivers.push(receiver);
   }
   await run('psql', ['-XAtq', '-c', `ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (${names.join(', ')})'`, '-c', 'SELECT pg_reload_conf()'], {
     env: pgEnv(port),
@@ -233,8 +216,8 @@ try {
       `commit_p99_ms=${quorum.latency(0.99).toFixed(2)} baseline_tps=${baseline.medianTps.toFixed(1)}`,
   );
 } finally {
-  for (const child of referenceProcesses) if (child.exitCode === null && child.signalCode === null) child.kill('SIGQUIT');
-  await Promise.all(referenceProcesses.map((child) => (child.exitCode === null && child.signalCode === null ? new Promise((resolve) => child.once('exit', resolve)) : undefined)));
+  for (const receiver of receivers) receiver.kill('SIGTERM');
+  await Promise.all(referenceServers.map((server) => server.stop('immediate')));
   await baselinePostgres?.stop('immediate');
   await harness.teardown();
   workDir.remove();

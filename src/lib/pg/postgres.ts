@@ -29,11 +29,30 @@ export interface InitdbOptions {
   dataChecksums?: boolean;
   /** initdb's --locale (default C). */
   locale?: string;
+  /** Another installation's bin directory (default: the npm package's PostgreSQL 18), see {@link binariesIn}. */
+  binDir?: string;
+}
+
+/**
+ * The binaries to run and their environment: the npm package's (with its own libraries), or those of another
+ * installation in `binDir`, e.g. Debian's `/usr/lib/postgresql/15/bin` for a benchmark's reference, which use the
+ * system's libraries.
+ */
+function binariesIn(binDir: string | undefined): { postgres: string; initdb: string; env: NodeJS.ProcessEnv } {
+  if (binDir === undefined) {
+    const binaries = locatePostgres();
+    return { postgres: binaries.postgres, initdb: binaries.initdb, env: postgresEnv() };
+  }
+  return {
+    postgres: path.join(binDir, 'postgres'),
+    initdb: path.join(binDir, 'initdb'),
+    env: { PATH: process.env.PATH, LANG: 'C', LC_ALL: 'C', TZ: 'UTC' },
+  };
 }
 
 /** Creates a cluster in `dataDir` with trust authentication on localhost. */
 export async function initdb(dataDir: string, log: Logger, options: InitdbOptions = {}): Promise<void> {
-  const binaries = locatePostgres();
+  const binaries = binariesIn(options.binDir);
   const user = postgresOsUser();
   prepareDirectoryFor(user, dataDir);
   const output: string[] = [];
@@ -43,7 +62,7 @@ export async function initdb(dataDir: string, log: Logger, options: InitdbOption
       '-D', dataDir, '-U', options.superuser ?? 'postgres', '--auth=trust', '--encoding=UTF8', `--locale=${options.locale ?? 'C'}`,
       '--no-instructions', ...(options.dataChecksums === false ? ['--no-data-checksums'] : []),
     ],
-    { uid: user.uid, gid: user.gid, stdio: ['ignore', 'pipe', 'pipe'], env: postgresEnv() },
+    { uid: user.uid, gid: user.gid, stdio: ['ignore', 'pipe', 'pipe'], env: binaries.env },
   );
   child.stdout?.on('data', (chunk: Buffer) => output.push(chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => output.push(chunk.toString()));
@@ -67,6 +86,8 @@ export interface PostgresStartOptions {
   startTimeoutMs?: number;
   /** Also listen on a Unix socket in this directory (for the agent's own connections: cheaper than TCP). */
   socketDir?: string;
+  /** Another installation's bin directory (default: the npm package's PostgreSQL 18). */
+  binDir?: string;
   log: Logger;
 }
 
@@ -93,7 +114,7 @@ export class PostgresServer {
 
   /** Starts Postgres on 127.0.0.1:`port` and resolves once it accepts connections. */
   static async start(options: PostgresStartOptions): Promise<PostgresServer> {
-    const binaries = locatePostgres();
+    const binaries = binariesIn(options.binDir);
     const user = postgresOsUser();
     prepareDirectoryFor(user, options.dataDir);
     if (options.socketDir) prepareDirectoryFor(user, options.socketDir);
@@ -111,7 +132,7 @@ export class PostgresServer {
       uid: user.uid,
       gid: user.gid,
       stdio: ['ignore', logFd, logFd],
-      env: postgresEnv(),
+      env: binaries.env,
     });
     fs.closeSync(logFd);
     const server = new PostgresServer(child, options.dataDir, options.port, logFile, options.log);
