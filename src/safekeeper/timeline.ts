@@ -187,6 +187,12 @@ export class Timeline {
     // comparison below is with the end of everything written, once it is all fsynced.
     await this.wal.waitFlushed();
     this.checkTerm(input.term, input.proposerId);
+    const start = input.startStreamingAt;
+    if (!(this.wal.isEmpty && this.wal.startLsn === 0n) && start > this.wal.endLsn) {
+      throw failedPrecondition(
+        `cannot stream from ${formatLsn(start)}: this safekeeper holds WAL only up to ${formatLsn(this.wal.flushedLsn)}`,
+      );
+    }
     const adopted = this.state.termHistory[this.state.termHistory.length - 1];
     if (adopted?.term === input.term) {
       // This term's history was adopted here already: the proposer's stream resumes at the end of the log, all of
@@ -197,13 +203,8 @@ export class Timeline {
       }
       return this.snapshot();
     }
-    const start = input.startStreamingAt;
     if (this.wal.isEmpty && this.wal.startLsn === 0n) {
       this.wal.resetTo(start);
-    } else if (start > this.wal.endLsn) {
-      throw failedPrecondition(
-        `cannot stream from ${formatLsn(start)}: this safekeeper holds WAL only up to ${formatLsn(this.wal.flushedLsn)}`,
-      );
     } else if (start < this.wal.endLsn) {
       if (start < this.state.commitLsn) {
         throw failedPrecondition(

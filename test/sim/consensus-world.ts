@@ -290,7 +290,14 @@ export class ConsensusWorld {
       proposer.log = donorTimeline.readWal(BASE_LSN, termStart, true, Number(termStart - BASE_LSN) + 1);
       if (proposer.log.length !== Number(termStart - BASE_LSN)) throw new Error('short read of the donor');
     }
-    proposer.core.begin(donor, termStart);
+    try {
+      proposer.core.begin(donor, termStart);
+    } catch (error) {
+      // The agent's start fails the same way ("term N is not above the donor's last term"): it gives up.
+      proposer.alive = false;
+      this.trace.push(`proposer ${proposer.proposerId} gave up: ${(error as Error).message}`);
+      return;
+    }
     this.trace.push(`proposer ${proposer.proposerId} elected in term ${proposer.term}, starts at ${formatLsn(termStart)}`);
     proposer.peers.forEach((peer, index) => {
       if (peer.phase === 'voted') this.startStream(proposer, index);
