@@ -35,11 +35,16 @@ export class SimulatedDisk implements FileSystem {
   /** Counts fsyncs (files and directories). */
   fsyncs = 0;
 
-  /** A crash: every unsynced write and name change is lost, every open file is gone. */
-  crash(): void {
+  /**
+   * A crash: every unsynced write and name change is lost, every open file is gone. `writtenBack` names files whose
+   * unsynced writes the system had happened to write back before the crash (a disk may persist any of them early,
+   * a truncation included): they keep what was written.
+   */
+  crash(writtenBack: (file: string) => boolean = () => false): void {
     this.fds.clear();
     const names = new Map<string, Inode>();
     for (const [name, inode] of this.durableNames) {
+      if (writtenBack(name)) inode.synced = Buffer.from(inode.data);
       inode.data = Buffer.from(inode.synced);
       names.set(name, inode);
     }
