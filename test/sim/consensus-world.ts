@@ -136,14 +136,14 @@ export class ConsensusWorld {
   async step(step: Step): Promise<void> {
     const [kind, a, b, c] = step;
     const roll = kind % 1000;
-    if (roll < 450) await this.deliver(a, false);
-    else if (roll < 465) this.drop(a);
-    else if (roll < 480) await this.deliver(a, true);
-    else if (roll < 600) await this.flush(a % SAFEKEEPERS);
-    else if (roll < 700) this.write(a, b, c);
-    else if (roll < 965) this.send(a, b, c);
-    else if (roll < 977) await this.crash(a % SAFEKEEPERS);
-    else if (roll < 989) this.restartProposer(a);
+    if (roll < 500) await this.deliver(a, false);
+    else if (roll < 510) this.drop(a);
+    else if (roll < 520) await this.deliver(a, true);
+    else if (roll < 640) await this.flush(a % SAFEKEEPERS);
+    else if (roll < 740) this.write(a, b, c);
+    else if (roll < 985) this.send(a, b, c);
+    else if (roll < 992) await this.crash(a % SAFEKEEPERS, b % 3);
+    else if (roll < 996) this.restartProposer(a);
     else this.newProposer();
     await this.checkInvariants();
   }
@@ -197,11 +197,19 @@ export class ConsensusWorld {
     proposer.log = Buffer.concat([proposer.log, bytes]);
   }
 
-  /** A proposer sends the next piece of its log (or just its commit LSN) to a streaming peer. */
+  /** A proposer sends the next piece of its log (or just its commit LSN) to one streaming peer, or to all. */
   private send(pick: number, peerPick: number, length: number): void {
     const proposer = this.pickStarted(pick);
     if (!proposer) return;
-    const peer = peerPick % SAFEKEEPERS;
+    const peer = peerPick % (SAFEKEEPERS + 1);
+    if (peer === SAFEKEEPERS) {
+      for (let index = 0; index < SAFEKEEPERS; index += 1) this.sendTo(proposer, index, length);
+    } else {
+      this.sendTo(proposer, peer, length);
+    }
+  }
+
+  private sendTo(proposer: SimProposer, peer: number, length: number): void {
     const state = proposer.peers[peer];
     if (state.phase !== 'streaming') return;
     const end = BASE_LSN + BigInt(proposer.log.length);
@@ -421,18 +429,21 @@ export class ConsensusWorld {
     }
   }
 
-  /** A crash: the process and every unsynced write are gone; it starts again from what its disk kept. */
-  private async crash(index: number): Promise<void> {
+  /**
+   * A crash: the process and every unsynced write are gone (`writeBack` 0), or the WAL files' (1) or all files'
+   * (2) unsynced writes had been written back early; it starts again from what its disk kept.
+   */
+  private async crash(index: number, writeBack: number): Promise<void> {
     const safekeeper = this.safekeepers[index];
     for (const [, entry] of safekeeper.sessions) {
       entry.ended = true;
       this.network.push({ kind: 'refused', to: entry.proposer, from: index, session: null, fenced: false, reason: 'safekeeper crashed' });
     }
     safekeeper.sessions.clear();
-    safekeeper.disk.crash();
+    safekeeper.disk.crash((file) => writeBack === 2 || (writeBack === 1 && file.endsWith('.wal')));
     const persisted = readControlState(DIRECTORY, safekeeper.disk);
     safekeeper.timeline = await Timeline.load(DIRECTORY, [], safekeeper.disk);
-    this.trace.push(`crash safekeeper ${index}: flush ${formatLsn(safekeeper.timeline.flushLsn)}`);
+    this.trace.push(`crash safekeeper ${index}${writeBack > 0 ? ` (${writeBack === 1 ? 'WAL' : 'all'} written back)` : ''}: flush ${formatLsn(safekeeper.timeline.flushLsn)}`);
     if (persisted && persisted.commitLsn > safekeeper.timeline.flushLsn) {
       throw new InvariantViolation(
         'committed never truncated',
@@ -445,7 +456,8 @@ export class ConsensusWorld {
 
   private async deliver(pick: number, duplicate: boolean): Promise<void> {
     if (this.network.length === 0) return;
-    const index = pick % this.network.length;
+    // Mostly one of the oldest messages (a network delivers most in order), else any (a delay of any length).
+    const index = pick % 4 === 0 ? (pick >>> 2) % this.network.length : (pick >>> 2) % Math.min(3, this.network.length);
     const message = this.network[index];
     if (!duplicate) this.network.splice(index, 1);
     if (process.env.SPG99_SIM_TRACE) this.trace.push(`deliver${duplicate ? ' (duplicate)' : ''} ${describeMessage(message)}`);
