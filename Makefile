@@ -4,7 +4,7 @@ BIN := node_modules/.bin
 NODE_OPTIONS ?= --enable-source-maps
 export NODE_OPTIONS
 
-.PHONY: help install system-deps gen gen-check lint build test test-unit test-integration up down status bench bench-wal bench-pageserver bench-gateway clean
+.PHONY: help install system-deps gen gen-check lint build test test-unit test-integration sim up down status bench bench-wal bench-pageserver bench-gateway clean
 
 help: ## Lists the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -45,6 +45,9 @@ test-unit: build ## Runs only the unit tests
 
 test-integration: build ## Runs only the integration tests
 	$(BIN)/mocha --no-config --timeout 120000 --exit 'dist/test/integration/**/*.test.js'
+
+sim: build ## The consensus simulation over many seeds (SPG99_SIM_SEEDS, default 20000); SPG99_SIM_SEED=N replays one seed with its trace
+	SPG99_SIM_SEEDS=$${SPG99_SIM_SEEDS:-20000} $(BIN)/mocha --no-config --timeout 0 --exit dist/test/sim/consensus-sim.test.js
 
 up: system-deps build ## Starts the platform (Redis, safekeepers, pageserver, provisioner, control plane, gateway) in .spg99/ and prints how to connect
 	node dist/scripts/local-cluster.js up

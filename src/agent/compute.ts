@@ -22,7 +22,7 @@ import { fetchBasebackup } from './basebackup.js';
 import { ActivitySampler, AGENT_APPLICATION_NAME, type ActivityFigures } from './activity.js';
 import type { RoleChanges, RoleVerifier } from './model.js';
 import { applyRoles, writeHbaFile, type AppliedRoles } from './roles.js';
-import { FencedError, WalProposer, type Election } from './walproposer.js';
+import { FencedError, incarnationProposerId, WalProposer, type Election } from './walproposer.js';
 
 /** The name Postgres knows the walproposer by (its synchronous standby). */
 export const STANDBY_NAME = 'walproposer';
@@ -100,7 +100,9 @@ export class Compute {
     this.proposer = new WalProposer({
       timelineId: options.timelineId,
       term: options.term,
-      proposerId: options.computeId,
+      // One identity per process: a restarted agent (same compute id and term) is a new proposer, which safekeepers
+      // refuse the term already promised to the previous one (docs/rfcs/2026-12-02-consensus-simulation.md).
+      proposerId: incarnationProposerId(options.computeId),
       safekeepers: options.safekeepers,
       bufferKeepBytes: options.walBufferBytes,
       useAppendSocket: options.useAppendSocket,

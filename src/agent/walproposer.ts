@@ -10,6 +10,7 @@
  *    term's start); Postgres is told it as its synchronous standby's flush position.
  * 4. ABORTED from any safekeeper means a newer term exists: we are fenced, and say so once.
  */
+import { randomBytes } from 'node:crypto';
 import type { Logger } from '../lib/log.js';
 import { type Lsn, formatLsn, maxLsn, minLsn } from '../lib/lsn.js';
 import { Notifier, AsyncQueue } from '../lib/async.js';
@@ -18,14 +19,8 @@ import { Backoff } from '../lib/retry.js';
 import { counter, gauge, histogram } from '../lib/metrics.js';
 import { openChannel, createSpgClient, type SpgClient } from '../lib/grpc/client.js';
 import { ClientError, Status } from '../lib/grpc/errors.js';
-import {
-  agreementPoint,
-  chooseDonor,
-  proposerHistory,
-  quorumCommitLsn,
-  type TermSwitch,
-  type VoterLog,
-} from '../lib/consensus/term-history.js';
+import type { TermSwitch, VoterLog } from '../lib/consensus/term-history.js';
+import { ProposerCore } from '../lib/consensus/proposer-core.js';
 import {
   SafekeeperServiceDefinition,
   type AppendRequest,
@@ -59,6 +54,15 @@ const commitDelay = histogram(
   'Time from reading WAL from Postgres to its being fsynced on a majority (what a commit waits for beyond Postgres)',
 );
 const reconnects = counter('spg99_walproposer_reconnects_total', 'Append streams that failed and were retried', ['safekeeper']);
+
+/**
+ * The proposer identity of this process: the compute id and a random incarnation nonce. A term is promised to one
+ * identity only, so a second process with the same compute id and term (a restarted agent or pod) can never be
+ * granted a term its predecessor was promised, whose WAL it does not know.
+ */
+export function incarnationProposerId(computeId: string): string {
+  return `${computeId}/${randomBytes(6).toString('hex')}`;
+}
 
 /** A newer term exists: this proposer must stop writing at once. */
 export class FencedError extends Error {
@@ -150,13 +154,11 @@ export class WalProposer {
   /** Wakes the senders: new WAL, a new commit LSN, or an acknowledgement that opens the window. */
   private readonly changed = new Notifier();
   private readonly commitNotifier = new Notifier();
-  private history: TermSwitch[] = [];
-  private termStart: Lsn = 0n;
+  /** The decisions: election, history, where each safekeeper starts, commit LSN, fencing. */
+  private readonly core: ProposerCore<Voter>;
   private donor: Voter | null = null;
   private systemId = 0n;
   private buffer: WalBuffer | null = null;
-  private commit: Lsn = 0n;
-  private fencedReason: string | null = null;
   private readonly fencedListeners: ((reason: string) => void)[] = [];
   private readonly commitListeners: ((commitLsn: Lsn) => void)[] = [];
   private readonly loops: Promise<void>[] = [];
@@ -165,7 +167,8 @@ export class WalProposer {
 
   constructor(private readonly options: WalProposerOptions) {
     if (options.safekeepers.length === 0) throw new Error('a walproposer needs at least one safekeeper');
-    this.quorum = Math.floor(options.safekeepers.length / 2) + 1;
+    this.core = new ProposerCore<Voter>(options.term, options.safekeepers.length);
+    this.quorum = this.core.quorum;
     this.peers = options.safekeepers.map((address) => new Peer(address, options.traceId));
   }
 
@@ -175,25 +178,25 @@ export class WalProposer {
 
   /** The highest LSN fsynced on a majority in this term. */
   get commitLsn(): Lsn {
-    return this.commit;
+    return this.core.commitLsn;
   }
 
   /** Where this term's WAL starts (set by `begin`). */
   get termStartLsn(): Lsn {
-    return this.termStart;
+    return this.core.termStartLsn;
   }
 
   /** End of the WAL received from Postgres. */
   get receivedLsn(): Lsn {
-    return this.buffer?.endLsn ?? this.termStart;
+    return this.buffer?.endLsn ?? this.core.termStartLsn;
   }
 
   get termHistory(): readonly TermSwitch[] {
-    return this.history;
+    return this.core.termHistory;
   }
 
   get fenced(): string | null {
-    return this.fencedReason;
+    return this.core.fenced;
   }
 
   /** Calls `listener` once if this proposer is fenced. */
@@ -222,7 +225,6 @@ export class WalProposer {
    */
   async elect(signal: AbortSignal): Promise<Election> {
     const { timelineId, term, proposerId, log } = this.options;
-    const voters: Voter[] = [];
     const election = new AbortController();
     const stop = () => election.abort();
     signal.addEventListener('abort', stop, { once: true });
@@ -245,12 +247,9 @@ export class WalProposer {
                   { timelineId, term, proposerId },
                   { signal: election.signal, deadline: new Date(Date.now() + VOTE_DEADLINE_MS) },
                 );
-                voters.push(toVoter(peer.address, answer.status));
+                const elected = this.core.recordVote(peer.address, toVoter(peer.address, answer.status));
                 log.info({ safekeeper: peer.address, term, flushLsn: formatLsn(answer.status?.flushLsn ?? 0n) }, 'vote received');
-                if (voters.length >= this.quorum) {
-                  const donor = chooseDonor(voters);
-                  settle(() => resolve({ voters: [...voters], donor, emptyLog: voters.every((voter) => voter.flushLsn === 0n) }));
-                }
+                if (elected) settle(() => resolve({ voters: [...elected.voters], donor: elected.donor, emptyLog: elected.emptyLog }));
                 return;
               } catch (error) {
                 if (election.signal.aborted) return;
@@ -283,8 +282,7 @@ export class WalProposer {
    */
   begin(election: Election, termStartLsn: Lsn, systemId: bigint): void {
     this.donor = election.donor;
-    this.termStart = termStartLsn;
-    this.history = proposerHistory(election.donor, this.options.term, termStartLsn);
+    const history = this.core.begin(election.donor, termStartLsn);
     this.systemId = systemId;
     this.buffer = new WalBuffer(termStartLsn);
     receivedLsnGauge.set(Number(termStartLsn));
@@ -293,7 +291,7 @@ export class WalProposer {
         term: this.options.term,
         termStartLsn: formatLsn(termStartLsn),
         donor: election.donor.address,
-        history: this.history.map((entry) => `${entry.term}@${formatLsn(entry.startLsn)}`),
+        history: history.map((entry) => `${entry.term}@${formatLsn(entry.startLsn)}`),
       },
       'term begins',
     );
@@ -311,8 +309,8 @@ export class WalProposer {
 
   /** Resolves once the commit LSN reaches `lsn` (or rejects when fenced or `signal` aborts). */
   async waitCommitted(lsn: Lsn, signal: AbortSignal): Promise<void> {
-    while (this.commit < lsn) {
-      if (this.fencedReason) throw new FencedError(this.fencedReason);
+    while (this.core.commitLsn < lsn) {
+      if (this.core.fenced) throw new FencedError(this.core.fenced);
       await this.commitNotifier.wait(signal);
     }
   }
@@ -325,7 +323,7 @@ export class WalProposer {
     await this.waitCommitted(lsn, signal);
     for (;;) {
       if (this.peers.filter((peer) => peer.knownCommitLsn >= lsn).length >= this.quorum) return;
-      if (this.fencedReason) throw new FencedError(this.fencedReason);
+      if (this.core.fenced) throw new FencedError(this.core.fenced);
       await this.commitNotifier.wait(signal, 50);
     }
   }
@@ -361,8 +359,7 @@ export class WalProposer {
   }
 
   private fence(reason: string): void {
-    if (this.fencedReason) return;
-    this.fencedReason = reason;
+    if (!this.core.fence(reason)) return;
     this.options.log.warn({ term: this.options.term, reason }, 'fenced: a newer term exists; this writer must stop');
     for (const listener of this.fencedListeners) listener(reason);
     this.controller.abort();
@@ -402,14 +399,14 @@ export class WalProposer {
     const voter = toVoter(peer.address, vote.status);
     peer.lastHeardFlushLsn = voter.flushLsn;
     const socketAddress = this.options.useAppendSocket === false ? '' : vote.appendSocketAddress;
-    const startAt = agreementPoint(this.history, maxLsn(this.termStart, buffer.endLsn), voter.history, voter.flushLsn);
+    const startAt = this.core.startPoint(voter, buffer.endLsn);
 
     const session = new AbortController();
     const endSession = () => session.abort();
     signal.addEventListener('abort', endSession, { once: true });
     const requests = new AsyncQueue<AppendRequest>();
     requests.push({
-      start: { timelineId, term, proposerId, termHistory: this.history, startStreamingAt: startAt, systemId: this.systemId },
+      start: { timelineId, term, proposerId, termHistory: [...this.core.termHistory], startStreamingAt: startAt, systemId: this.systemId },
     });
     try {
       // The framed transport when the safekeeper offers it (far less CPU per message than gRPC), else gRPC.
@@ -419,6 +416,7 @@ export class WalProposer {
       const first = await responses.next();
       if (first.done) throw new Error(`safekeeper ${peer.address} closed the Append stream at once`);
       peer.flushLsn = first.value.flushLsn;
+      this.core.forgetFlush(peer.address);
       peer.connected = true;
       peer.lastError = '';
       peerConnectedGauge.set({ safekeeper: peer.address }, 1);
@@ -481,16 +479,16 @@ export class WalProposer {
         const sinceLast = Date.now() - lastSent;
         // The commit LSN rides on WAL messages; alone it goes at most every COMMIT_ONLY_INTERVAL_MS (an extra
         // message per commit to every safekeeper would double the traffic under load).
-        if (data.length > 0 || (this.commit > sentCommit && sinceLast >= COMMIT_ONLY_INTERVAL_MS) || sinceLast >= HEARTBEAT_MS) {
-          requests.push({ wal: { beginLsn: next, walData: data, commitLsn: this.commit, peerHorizonLsn: this.peerHorizon() } });
+        if (data.length > 0 || (this.core.commitLsn > sentCommit && sinceLast >= COMMIT_ONLY_INTERVAL_MS) || sinceLast >= HEARTBEAT_MS) {
+          requests.push({ wal: { beginLsn: next, walData: data, commitLsn: this.core.commitLsn, peerHorizonLsn: this.peerHorizon() } });
           next += BigInt(data.length);
           if (data.length > 0) unacknowledgedEnds.push(next);
-          sentCommit = this.commit;
+          sentCommit = this.core.commitLsn;
           lastSent = Date.now();
           if (data.length > 0) continue;
         }
       }
-      const wait = this.commit > sentCommit ? COMMIT_ONLY_INTERVAL_MS : HEARTBEAT_MS;
+      const wait = this.core.commitLsn > sentCommit ? COMMIT_ONLY_INTERVAL_MS : HEARTBEAT_MS;
       await this.changed.wait(signal, Math.max(1, wait - (Date.now() - lastSent)));
     }
   }
@@ -504,7 +502,7 @@ export class WalProposer {
     for (const peer of this.peers) {
       if (peer === target) continue;
       if (peer.flushLsn !== null && peer.flushLsn > lsn) sources.push({ peer, until: peer.flushLsn });
-      else if (peer.address === this.donor?.address && lsn < this.termStart) sources.push({ peer, until: this.termStart });
+      else if (peer.address === this.donor?.address && lsn < this.core.termStartLsn) sources.push({ peer, until: this.core.termStartLsn });
     }
     sources.sort((a, b) => (a.until > b.until ? -1 : 1));
     const bufferStart = (this.buffer as WalBuffer).startLsn;
@@ -539,10 +537,8 @@ export class WalProposer {
     const flush = peer.flushLsn ?? 0n;
     peerFlushGauge.set(labels, Number(flush));
     peerLagGauge.set(labels, Number(this.receivedLsn > flush ? this.receivedLsn - flush : 0n));
-    const acknowledged = this.peers.flatMap((candidate) => (candidate.flushLsn === null ? [] : [candidate.flushLsn]));
-    const candidate = quorumCommitLsn(acknowledged, this.quorum, this.termStart);
-    if (candidate !== null && candidate > this.commit) {
-      this.commit = candidate;
+    const candidate = peer.flushLsn === null ? null : this.core.acknowledge(peer.address, peer.flushLsn);
+    if (candidate !== null) {
       commitLsnGauge.set(Number(candidate));
       const now = performance.now();
       while (this.received.length > 0 && this.received[0].endLsn <= candidate) {
@@ -561,7 +557,7 @@ export class WalProposer {
     let lowest = buffer.endLsn;
     for (const peer of this.peers) lowest = minLsn(lowest, peer.flushLsn ?? buffer.startLsn);
     const keep = BigInt(this.options.bufferKeepBytes ?? BUFFER_KEEP_BYTES);
-    if (this.commit - lowest > keep) lowest = this.commit - keep;
-    if (lowest > buffer.startLsn) buffer.trimBelow(minLsn(lowest, this.commit));
+    if (this.core.commitLsn - lowest > keep) lowest = this.core.commitLsn - keep;
+    if (lowest > buffer.startLsn) buffer.trimBelow(minLsn(lowest, this.core.commitLsn));
   }
 }

@@ -3,10 +3,10 @@
  * file, fsync it, rename it over the old one, fsync the directory. A crash at any step leaves either the old or
  * the new state, never a mix.
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import type { TermSwitch } from '../lib/consensus/term-history.js';
 import type { Lsn } from '../lib/lsn.js';
+import { type FileSystem, nodeFileSystem, syncDirectory } from './file-system.js';
 
 /** What a safekeeper must remember about a timeline across restarts. */
 export interface ControlState {
@@ -41,7 +41,7 @@ export function emptyControlState(timelineId: string): ControlState {
 }
 
 /** Writes the state durably (see the file comment). */
-export function writeControlState(directory: string, state: ControlState): void {
+export function writeControlState(directory: string, state: ControlState, fileSystem: FileSystem = nodeFileSystem): void {
   const body = JSON.stringify({
     version: FORMAT_VERSION,
     timelineId: state.timelineId,
@@ -55,35 +55,31 @@ export function writeControlState(directory: string, state: ControlState): void 
   });
   const target = path.join(directory, FILE);
   const temporary = `${target}.tmp`;
-  const fd = fs.openSync(temporary, 'w');
+  const fd = fileSystem.openSync(temporary, 'w');
   try {
-    fs.writeSync(fd, body);
-    fs.fsyncSync(fd);
+    fileSystem.writevSync(fd, [Buffer.from(body)], 0);
+    fileSystem.fsyncSync(fd);
   } finally {
-    fs.closeSync(fd);
+    fileSystem.closeSync(fd);
   }
   // Crash here: the old control file is intact and the temporary one is ignored.
-  fs.renameSync(temporary, target);
-  const directoryFd = fs.openSync(directory, 'r');
-  try {
-    fs.fsyncSync(directoryFd);
-  } finally {
-    fs.closeSync(directoryFd);
-  }
+  fileSystem.renameSync(temporary, target);
+  // Crash before this fsync: either file may be found; both are whole, and nothing was answered yet.
+  syncDirectory(fileSystem, directory);
 }
 
 /** Whether `directory` holds a control file (a leftover `.tmp` alone does not count). */
-export function controlStateExists(directory: string): boolean {
-  return fs.existsSync(path.join(directory, FILE));
+export function controlStateExists(directory: string, fileSystem: FileSystem = nodeFileSystem): boolean {
+  return fileSystem.existsSync(path.join(directory, FILE));
 }
 
 /** Reads the state; throws an error naming the file when it is unreadable. Null when there is none. */
-export function readControlState(directory: string): ControlState | null {
+export function readControlState(directory: string, fileSystem: FileSystem = nodeFileSystem): ControlState | null {
   const file = path.join(directory, FILE);
-  if (!fs.existsSync(file)) return null;
+  if (!fileSystem.existsSync(file)) return null;
   let raw: Record<string, unknown>;
   try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+    raw = JSON.parse(fileSystem.readFileSync(file).toString('utf8')) as Record<string, unknown>;
   } catch (error) {
     throw new Error(`control file ${file} is corrupt (${(error as Error).message}); restore it or delete the timeline`);
   }

@@ -6,7 +6,7 @@ import { invalidArgument } from '../lib/grpc/errors.js';
 import { TIMELINE_ID_PATTERN } from '../lib/ids.js';
 import type { TermSwitch as TermSwitchMessage, TimelineStatus } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import type { TermSwitch } from '../lib/consensus/term-history.js';
-import type { TimelineSnapshot } from './timeline.js';
+import { termProblem, type TimelineSnapshot } from './timeline.js';
 
 export { TIMELINE_ID_PATTERN };
 
@@ -19,9 +19,11 @@ export function parseTimelineId(value: string, field = 'timeline_id'): string {
   return value;
 }
 
-/** Checks a term (a positive number). */
+/** Checks a term: positive, and not above what a control plane can grant (2^53 - 1). */
 export function parseTerm(value: bigint, field = 'term'): bigint {
   if (value <= 0n) throw invalidArgument(`${field} must be a positive term issued with a writer lease, got ${value}`);
+  const tooHigh = termProblem(value, field);
+  if (tooHigh) throw tooHigh;
   return value;
 }
 

@@ -58,7 +58,7 @@ export function safekeeperService(
     async vote(request, context) {
       const timeline = safekeeper.get(parseTimelineId(request.timelineId));
       const term = parseTerm(request.term);
-      const snapshot = timeline.vote(term, parseProposerId(request.proposerId));
+      const snapshot = await timeline.vote(term, parseProposerId(request.proposerId));
       context.log.info({ timelineId: timeline.timelineId, term, proposerId: request.proposerId }, 'vote given');
       return { status: toTimelineStatus(snapshot), appendSocketAddress: appendSocket.address };
     },

@@ -3,15 +3,28 @@
  * proposer's history (truncating a divergent tail), accepts contiguous WAL of the promised term only, and knows
  * the commit LSN. Durable state changes are fsynced before the answer that depends on them.
  */
-import fs from 'node:fs';
-import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { aborted, failedPrecondition, unavailable } from '../lib/grpc/errors.js';
+import { aborted, failedPrecondition, invalidArgument, unavailable } from '../lib/grpc/errors.js';
 import { type Lsn, formatLsn, minLsn, segmentNumber } from '../lib/lsn.js';
 import { historyProblem, lastLogTerm, type TermSwitch } from '../lib/consensus/term-history.js';
 import { Notifier } from '../lib/async.js';
 import { type ControlState, emptyControlState, readControlState, writeControlState } from './control-file.js';
 import { WalStore, type Repair } from './wal-store.js';
+import { type FileSystem, nodeFileSystem, syncDirectory } from './file-system.js';
+
+/**
+ * The highest term a safekeeper promises: the control plane grants terms from a counter kept exact only up to 2^53
+ * (Lua numbers are doubles), so a higher one was never granted, and promising it would fence the timeline forever.
+ */
+export const MAX_TERM = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** INVALID_ARGUMENT for a term above {@link MAX_TERM}, or null. */
+export function termProblem(term: bigint, field = 'term'): Error | null {
+  if (term <= MAX_TERM) return null;
+  return invalidArgument(
+    `${field} ${term} is above the highest term a control plane grants (${MAX_TERM}, 2^53 - 1): use the term of your writer lease`,
+  );
+}
 
 /** A snapshot of a timeline's state, as answered to callers. */
 export interface TimelineSnapshot extends ControlState {
@@ -50,30 +63,31 @@ export class Timeline {
     readonly directory: string,
     state: ControlState,
     private readonly wal: WalStore,
+    private readonly fs: FileSystem,
   ) {
     this.state = state;
     this.commitPersisted = state.commitLsn;
   }
 
   /** Creates a new empty timeline in `directory`. */
-  static async create(directory: string, timelineId: string): Promise<Timeline> {
-    await fsp.mkdir(directory, { recursive: true });
+  static async create(directory: string, timelineId: string, fileSystem: FileSystem = nodeFileSystem): Promise<Timeline> {
+    fileSystem.mkdirSync(directory);
     const state = emptyControlState(timelineId);
-    writeControlState(directory, state);
+    writeControlState(directory, state, fileSystem);
     // The timeline's directory entry must survive a crash before CreateTimeline answers.
-    syncDirectory(path.dirname(directory));
-    return new Timeline(directory, state, await WalStore.open(path.join(directory, 'wal')));
+    syncDirectory(fileSystem, path.dirname(directory));
+    return new Timeline(directory, state, await WalStore.open(path.join(directory, 'wal'), [], fileSystem), fileSystem);
   }
 
   /** Loads a timeline from disk, cutting a torn WAL tail (reported in `repairs`). */
-  static async load(directory: string, repairs: Repair[]): Promise<Timeline> {
-    const state = readControlState(directory);
+  static async load(directory: string, repairs: Repair[], fileSystem: FileSystem = nodeFileSystem): Promise<Timeline> {
+    const state = readControlState(directory, fileSystem);
     if (!state) throw new Error(`${directory} holds no control.json`);
-    const wal = await WalStore.open(path.join(directory, 'wal'), repairs);
+    const wal = await WalStore.open(path.join(directory, 'wal'), repairs, fileSystem);
     if (wal.isEmpty && state.timelineStartLsn !== 0n) wal.resetTo(maxStart(state));
     // The commit LSN can never be above what is on disk here.
     state.commitLsn = minLsn(state.commitLsn, wal.flushedLsn);
-    return new Timeline(directory, state, wal);
+    return new Timeline(directory, state, wal, fileSystem);
   }
 
   get timelineId(): string {
@@ -101,10 +115,23 @@ export class Timeline {
     return { ...this.state, termHistory: [...this.state.termHistory], flushLsn: this.wal.flushedLsn, oldestLsn: this.wal.startLsn };
   }
 
-  /** Promises `term` to `proposerId`, or throws ABORTED naming the term already promised. */
-  vote(term: bigint, proposerId: string): TimelineSnapshot {
+  /**
+   * Promises `term` to `proposerId` (one process: a term is never promised to two), or throws ABORTED naming the
+   * term already promised. The answer reports the log once everything written before the promise is fsynced: WAL
+   * of an older term still being fsynced could otherwise be acknowledged to its proposer (and count towards a
+   * commit) while the new proposer's election did not see it.
+   */
+  async vote(term: bigint, proposerId: string): Promise<TimelineSnapshot> {
+    const tooHigh = termProblem(term);
+    if (tooHigh) throw tooHigh;
     const sameProposer = term === this.state.promisedTerm && proposerId === this.state.promisedProposerId;
-    if (term <= this.state.promisedTerm && !sameProposer) {
+    if (term === this.state.promisedTerm && !sameProposer) {
+      throw aborted(
+        `term ${term} already promised to proposer ${this.state.promisedProposerId} on timeline ${this.timelineId}, not to ` +
+          `${proposerId}: a term belongs to one writer process; get a new writer lease (a higher term) to write`,
+      );
+    }
+    if (term < this.state.promisedTerm) {
       throw aborted(
         `term ${term} is not above term ${this.state.promisedTerm} already promised on timeline ${this.timelineId}: ` +
           'a newer writer exists; stop writing and get a new lease',
@@ -112,13 +139,15 @@ export class Timeline {
     }
     if (!sameProposer) {
       this.state = { ...this.state, promisedTerm: term, promisedProposerId: proposerId, commitLsn: this.state.commitLsn };
-      writeControlState(this.directory, this.state);
+      writeControlState(this.directory, this.state, this.fs);
       this.commitPersisted = this.state.commitLsn;
       // Open streams of older terms end now: their proposer learns at once that it is fenced.
       for (const session of this.sessions) {
         if (session.term < term) session.end(aborted(`term ${session.term} was superseded by term ${term} on timeline ${this.timelineId}`));
       }
     }
+    // From the promise on no older term's WAL is accepted; what was written before it is in the answer.
+    await this.wal.waitFlushed();
     return this.snapshot();
   }
 
@@ -154,14 +183,29 @@ export class Timeline {
           'this compute belongs to another database; start it from this timeline\'s basebackup',
       );
     }
+    // Bytes still being fsynced (an older term's last append) must not become durable under the new history: the
+    // comparison below is with the end of everything written, once it is all fsynced.
+    await this.wal.waitFlushed();
+    this.checkTerm(input.term, input.proposerId);
     const start = input.startStreamingAt;
-    if (this.wal.isEmpty && this.wal.startLsn === 0n) {
-      this.wal.resetTo(start);
-    } else if (start > this.wal.flushedLsn) {
+    if (!(this.wal.isEmpty && this.wal.startLsn === 0n) && start > this.wal.endLsn) {
       throw failedPrecondition(
         `cannot stream from ${formatLsn(start)}: this safekeeper holds WAL only up to ${formatLsn(this.wal.flushedLsn)}`,
       );
-    } else if (start < this.wal.flushedLsn) {
+    }
+    const adopted = this.state.termHistory[this.state.termHistory.length - 1];
+    if (adopted?.term === input.term) {
+      // This term's history was adopted here already: the proposer's stream resumes at the end of the log, all of
+      // which is its own WAL. Nothing is truncated: a late greeting (of an older stream) must never cut WAL that was
+      // acknowledged since.
+      if (!sameHistory(this.state.termHistory, input.termHistory)) {
+        throw failedPrecondition(`the proposer's term history differs from the one of term ${input.term} adopted here`);
+      }
+      return this.snapshot();
+    }
+    if (this.wal.isEmpty && this.wal.startLsn === 0n) {
+      this.wal.resetTo(start);
+    } else if (start < this.wal.endLsn) {
       if (start < this.state.commitLsn) {
         throw failedPrecondition(
           `refusing to truncate WAL at ${formatLsn(start)} below the commit LSN ${formatLsn(this.state.commitLsn)}`,
@@ -180,7 +224,7 @@ export class Timeline {
       timelineStartLsn: this.state.timelineStartLsn === 0n ? this.wal.startLsn : this.state.timelineStartLsn,
       systemId: this.state.systemId === 0n ? input.systemId : this.state.systemId,
     };
-    writeControlState(this.directory, this.state);
+    writeControlState(this.directory, this.state, this.fs);
     this.commitPersisted = this.state.commitLsn;
     this.changed.notify();
     return this.snapshot();
@@ -216,7 +260,7 @@ export class Timeline {
   /** Persists the commit LSN when it moved (called periodically: it is a hint that only grows). */
   persistCommitIfMoved(): void {
     if (this.deleted || this.state.commitLsn === this.commitPersisted) return;
-    writeControlState(this.directory, this.state);
+    writeControlState(this.directory, this.state, this.fs);
     this.commitPersisted = this.state.commitLsn;
   }
 
@@ -230,7 +274,7 @@ export class Timeline {
   reportConsumer(durableLsn: Lsn): TimelineSnapshot {
     if (durableLsn > this.state.consumerDurableLsn) {
       this.state.consumerDurableLsn = minLsn(durableLsn, this.state.commitLsn);
-      writeControlState(this.directory, this.state);
+      writeControlState(this.directory, this.state, this.fs);
       this.commitPersisted = this.state.commitLsn;
       this.removeUnneeded();
     }
@@ -272,7 +316,7 @@ export class Timeline {
     for (const session of this.sessions) session.end(aborted(`timeline ${this.timelineId} was deleted`));
     this.changed.notify();
     await this.wal.destroy();
-    await fsp.rm(this.directory, { recursive: true, force: true });
+    this.fs.rmSync(this.directory);
   }
 
   private checkTerm(term: bigint, proposerId: string): void {
@@ -288,13 +332,8 @@ export class Timeline {
   }
 }
 
-function syncDirectory(directory: string): void {
-  const fd = fs.openSync(directory, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
+function sameHistory(a: readonly TermSwitch[], b: readonly TermSwitch[]): boolean {
+  return a.length === b.length && a.every((entry, index) => entry.term === b[index].term && entry.startLsn === b[index].startLsn);
 }
 
 function maxStart(state: ControlState): Lsn {

@@ -20,11 +20,15 @@ import path from 'node:path';
 import zlib from 'node:zlib';
 import { type Lsn, WAL_SEGMENT_SIZE, segmentNumber, segmentOffset, segmentStart, formatLsn } from '../lib/lsn.js';
 import { counter } from '../lib/metrics.js';
+import { type FileSystem, nodeFileSystem, syncDirectory } from './file-system.js';
 
 const MAGIC = 0x53504757; // "SPGW"
 const HEADER_SIZE = 24;
 const FILE_SUFFIX = '.wal';
 const PREALLOCATION_SUFFIX = '.wal.preallocated';
+/** A truncation under way: the cut LSN and the WAL kept of the chunk it cuts (see `truncate`). */
+const TRUNCATION_FILE = 'truncation.pending';
+const TRUNCATION_HEADER_SIZE = 16;
 /** A segment file's preallocated size: its WAL plus room for chunk headers. */
 const PREALLOCATED_BYTES = Number(WAL_SEGMENT_SIZE) + 1024 * 1024;
 const ZERO_HEADER = Buffer.alloc(HEADER_SIZE);
@@ -55,16 +59,12 @@ export class FsyncPlacement {
 const placement = new FsyncPlacement();
 
 /** fdatasyncs `fds`: on the event loop while the disk is fast, else in the thread pool; measures either. */
-async function fdatasyncAll(fds: readonly number[]): Promise<void> {
+async function fdatasyncAll(fileSystem: FileSystem, fds: readonly number[]): Promise<void> {
   const started = performance.now();
-  if (placement.inline) {
-    for (const fd of fds) fs.fdatasyncSync(fd);
-    fsyncsTotal.inc({ mode: 'inline' });
-  } else {
-    await Promise.all(fds.map((fd) => new Promise<void>((resolve, reject) => fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())))));
-    fsyncsTotal.inc({ mode: 'pool' });
-  }
-  placement.record(performance.now() - started);
+  const inline = placement.inline;
+  await fileSystem.fdatasync(fds, inline);
+  fsyncsTotal.inc({ mode: inline ? 'inline' : 'pool' });
+  if (fileSystem.real) placement.record(performance.now() - started);
 }
 
 /** A turn of the event loop: the appends of the data read in this one share the fdatasync that follows. */
@@ -124,32 +124,41 @@ export class WalStore {
   /** The next segment's file, being or already preallocated under a temporary name. */
   private preallocation: { segment: bigint; path: string; ready: boolean } | null = null;
 
-  private constructor(private readonly directory: string) {}
+  private constructor(
+    private readonly directory: string,
+    private readonly fs: FileSystem,
+  ) {}
 
   /**
-   * Opens (or creates) the store in `directory`, checking every chunk of the last segment and cutting a torn tail.
-   * `repairs` receives what was cut.
+   * Opens (or creates) the store in `directory`, checking every chunk of the last segment and cutting a torn tail,
+   * and finishing a truncation a crash interrupted. `repairs` receives what was cut.
    */
-  static async open(directory: string, repairs: Repair[] = []): Promise<WalStore> {
-    await fsp.mkdir(directory, { recursive: true });
-    const store = new WalStore(directory);
-    const all = await fsp.readdir(directory);
+  static async open(directory: string, repairs: Repair[] = [], fileSystem: FileSystem = nodeFileSystem): Promise<WalStore> {
+    fileSystem.mkdirSync(directory);
+    const store = new WalStore(directory, fileSystem);
+    const all = fileSystem.readdirSync(directory);
     // A preallocation interrupted by a restart is redone when needed.
-    for (const name of all.filter((entry) => entry.endsWith(PREALLOCATION_SUFFIX))) await fsp.rm(path.join(directory, name), { force: true });
+    for (const name of all.filter((entry) => entry.endsWith(PREALLOCATION_SUFFIX))) fileSystem.rmSync(path.join(directory, name));
     const names = all.filter((name) => name.endsWith(FILE_SUFFIX)).sort();
     for (const name of names) {
       const segment = BigInt(`0x${name.slice(0, -FILE_SUFFIX.length)}`);
-      const file = path.join(directory, name);
-      store.segments.set(segment, { segment, path: file, fd: null, chunks: null, size: (await fsp.stat(file)).size });
+      const file: SegmentFile = { segment, path: path.join(directory, name), fd: null, chunks: null, size: 0 };
+      // Only what is fsynced counts as flushed: the files may hold writes that a crashed process left in the page
+      // cache, which a crash of the machine would still lose (Postgres' SyncDataDirectory reasoning). fsync them,
+      // and the directory's entries, before the flush LSN is derived from them.
+      const fd = store.fdOf(file);
+      fileSystem.fsyncSync(fd);
+      file.size = fileSystem.fileSize(fd);
+      store.segments.set(segment, file);
     }
+    syncDirectory(fileSystem, directory);
     const ordered = store.orderedSegments();
     // Scan from the newest file back until one holds a valid chunk: a torn write only affects the end.
     while (ordered.length > 0) {
       const last = ordered[ordered.length - 1];
       const chunks = store.scan(last, repairs);
       if (chunks.length > 0) break;
-      fs.rmSync(last.path);
-      store.segments.delete(last.segment);
+      store.removeFile(last);
       ordered.pop();
     }
     if (ordered.length > 0) {
@@ -162,6 +171,7 @@ export class WalStore {
       store.endLsnValue = tail.beginLsn + BigInt(tail.length);
     }
     store.flushedLsnValue = store.endLsnValue;
+    store.finishTruncation();
     return store;
   }
 
@@ -208,7 +218,7 @@ export class WalStore {
       const file = this.segmentForWrite(segment);
       const header = encodeHeader(lsn, piece);
       const fd = this.fdOf(file);
-      const written = fs.writevSync(fd, [header, piece], file.size);
+      const written = this.fs.writevSync(fd, [header, piece], file.size);
       if (written !== HEADER_SIZE + piece.length) {
         throw new Error(`short write of WAL to ${file.path} (${written} of ${HEADER_SIZE + piece.length} bytes)`);
       }
@@ -226,7 +236,7 @@ export class WalStore {
   private preallocateNextWhenHalfFull(): void {
     const current = segmentNumber(this.endLsnValue);
     if (this.preallocation && this.preallocation.segment > current) return;
-    if (segmentOffset(this.endLsnValue) < Number(WAL_SEGMENT_SIZE) / 2) return;
+    if (segmentOffset(this.endLsnValue) < Number(WAL_SEGMENT_SIZE) / 2 || !this.fs.real) return;
     const next = current + 1n;
     const target = { segment: next, path: path.join(this.directory, `${fileNameOf(next).slice(0, -FILE_SUFFIX.length)}${PREALLOCATION_SUFFIX}`), ready: false };
     this.preallocation = target;
@@ -273,7 +283,7 @@ export class WalStore {
         target = this.endLsnValue;
         const fds = [...this.dirtyFds];
         this.dirtyFds.clear();
-        return fdatasyncAll(fds);
+        return fdatasyncAll(this.fs, fds);
       })
       .then(() => {
         // Crash after this point: the chunks up to `target` survive; the flush LSN may be announced.
@@ -318,7 +328,7 @@ export class WalStore {
         const skip = Number(position - chunk.beginLsn);
         const length = Math.min(chunk.length - skip, Number(end - position), maxBytes - total);
         const buffer = Buffer.allocUnsafe(length);
-        fs.readSync(this.fdOf(file), buffer, 0, length, chunk.offset + skip);
+        this.fs.readSync(this.fdOf(file), buffer, 0, length, chunk.offset + skip);
         parts.push(buffer);
         total += length;
         position += BigInt(length);
@@ -328,39 +338,116 @@ export class WalStore {
     return parts.length === 1 ? parts[0] : Buffer.concat(parts, total);
   }
 
-  /** Cuts the WAL at `lsn` (all WAL from `lsn` on is removed) and makes the cut durable. */
+  /**
+   * Cuts the WAL at `lsn` (all WAL from `lsn` on is removed), crash-atomically: no crash at any step leaves WAL
+   * below `lsn` missing, however the disk orders the writes.
+   * 1. Wait for the fsync of everything written, so that the cut applies to durable WAL only.
+   * 2. Write `truncation.pending`: the cut LSN and the bytes below it of the chunk the cut falls in (at most one
+   *    Append message). Written to a temporary name, fsynced, renamed, the directory fsynced. A crash before the
+   *    rename leaves the old log whole; after it, `open` finishes the cut from this file.
+   * 3. Remove the later segment files, cut the file at the start of that chunk, append the kept bytes as a new
+   *    chunk, fsync the file and the directory. A crash in between may leave the kept bytes missing from the file
+   *    (or torn, which the checksum finds): `open` puts them back from the pending file; each step is idempotent.
+   * 4. Remove the pending file and fsync the directory before anything else is appended: a pending file that came
+   *    back after a crash would cut WAL appended after the truncation.
+   */
   async truncate(lsn: Lsn): Promise<void> {
-    if (lsn >= this.endLsnValue) return;
     if (lsn < this.startLsnValue) throw new RangeError(`cannot truncate at ${formatLsn(lsn)}, below the oldest WAL held`);
     await this.waitFlushed();
+    if (lsn >= this.endLsnValue) return;
+    const kept = this.keptBelow(lsn);
+    this.writeTruncationIntent(lsn, kept);
+    this.cut(lsn, kept);
+    this.clearTruncationIntent();
+  }
+
+  /** The bytes below `lsn` of the chunk that holds `lsn` (empty when `lsn` is at a chunk border). */
+  private keptBelow(lsn: Lsn): { beginLsn: Lsn; data: Buffer } {
+    const file = this.segments.get(segmentNumber(lsn));
+    if (!file) return { beginLsn: lsn, data: Buffer.alloc(0) };
+    const chunks = this.loadChunks(file);
+    const chunk = chunks.find((candidate) => candidate.beginLsn + BigInt(candidate.length) > lsn);
+    if (!chunk) return { beginLsn: lsn, data: Buffer.alloc(0) };
+    const data = Buffer.alloc(Number(lsn - chunk.beginLsn));
+    if (data.length > 0) this.fs.readSync(this.fdOf(file), data, 0, data.length, chunk.offset);
+    return { beginLsn: chunk.beginLsn, data };
+  }
+
+  private writeTruncationIntent(lsn: Lsn, kept: { beginLsn: Lsn; data: Buffer }): void {
+    const header = Buffer.alloc(TRUNCATION_HEADER_SIZE);
+    header.writeBigUInt64LE(lsn, 0);
+    header.writeBigUInt64LE(kept.beginLsn, 8);
+    const target = path.join(this.directory, TRUNCATION_FILE);
+    const temporary = `${target}.tmp`;
+    const fd = this.fs.openSync(temporary, 'w');
+    try {
+      this.fs.writevSync(fd, [header, kept.data], 0);
+      this.fs.fsyncSync(fd);
+    } finally {
+      this.fs.closeSync(fd);
+    }
+    // Crash here: no pending file; the temporary one is ignored and the old log is whole.
+    this.fs.renameSync(temporary, target);
+    syncDirectory(this.fs, this.directory);
+  }
+
+  private clearTruncationIntent(): void {
+    this.fs.rmSync(path.join(this.directory, TRUNCATION_FILE));
+    syncDirectory(this.fs, this.directory);
+  }
+
+  /** At open: finishes a truncation that a crash interrupted (see `truncate`). */
+  private finishTruncation(): void {
+    const file = path.join(this.directory, TRUNCATION_FILE);
+    this.fs.rmSync(`${file}.tmp`);
+    if (!this.fs.existsSync(file)) return;
+    const content = this.fs.readFileSync(file);
+    const lsn = content.readBigUInt64LE(0);
+    const kept = { beginLsn: content.readBigUInt64LE(8), data: content.subarray(TRUNCATION_HEADER_SIZE) };
+    this.cut(lsn, kept);
+    this.clearTruncationIntent();
+  }
+
+  /** Steps 3 of `truncate`: removes WAL from `lsn` on and puts the kept bytes of the cut chunk back, durably. */
+  private cut(lsn: Lsn, kept: { beginLsn: Lsn; data: Buffer }): void {
     const keepSegment = segmentNumber(lsn);
     for (const file of this.orderedSegments()) {
       if (file.segment > keepSegment) this.removeFile(file);
     }
     const file = this.segments.get(keepSegment);
-    if (file) {
+    let end: Lsn = file ? this.endOf(file) : lsn;
+    if (file && end > kept.beginLsn) {
       const chunks = this.loadChunks(file);
-      const index = chunks.findIndex((chunk) => chunk.beginLsn + BigInt(chunk.length) > lsn);
+      const index = chunks.findIndex((chunk) => chunk.beginLsn + BigInt(chunk.length) > kept.beginLsn);
       if (index >= 0) {
-        const chunk = chunks[index];
-        const keep = Number(lsn - chunk.beginLsn);
-        const prefix = Buffer.allocUnsafe(keep);
-        if (keep > 0) fs.readSync(this.fdOf(file), prefix, 0, keep, chunk.offset);
-        const cutAt = chunk.offset - HEADER_SIZE;
-        fs.ftruncateSync(this.fdOf(file), cutAt);
+        const cutAt = chunks[index].offset - HEADER_SIZE;
+        this.fs.ftruncateSync(this.fdOf(file), cutAt);
         file.size = cutAt;
         file.chunks = chunks.slice(0, index);
-        if (file.chunks.length === 0 && keep === 0) this.removeFile(file);
-        this.endLsnValue = chunk.beginLsn;
-        if (keep > 0) this.append(chunk.beginLsn, prefix);
+        end = chunks[index].beginLsn;
       }
     }
-    this.endLsnValue = lsn;
-    this.flushedLsnValue = lsn < this.flushedLsnValue ? lsn : this.flushedLsnValue;
-    if (this.segments.size === 0) this.startLsnValue = lsn;
-    for (const file of this.segments.values()) if (file.fd !== null) fs.fsyncSync(file.fd);
-    this.syncDirectory();
+    if (file && file.chunks?.length === 0 && kept.data.length === 0) this.removeFile(file);
+    if (this.segments.size === 0) {
+      this.startLsnValue = kept.data.length > 0 ? kept.beginLsn : lsn;
+      end = this.startLsnValue;
+    }
+    this.endLsnValue = end;
+    if (kept.data.length > 0 && end === kept.beginLsn) this.append(kept.beginLsn, kept.data);
+    if (this.endLsnValue !== lsn) {
+      throw new Error(`truncating WAL in ${this.directory} at ${formatLsn(lsn)} left it ending at ${formatLsn(this.endLsnValue)}`);
+    }
+    for (const segment of this.segments.values()) if (segment.fd !== null) this.fs.fsyncSync(segment.fd);
+    this.dirtyFds.clear();
+    syncDirectory(this.fs, this.directory);
     this.flushedLsnValue = lsn;
+  }
+
+  /** The end of the WAL a segment file holds (its start when it holds none). */
+  private endOf(file: SegmentFile): Lsn {
+    const chunks = this.loadChunks(file);
+    const last = chunks[chunks.length - 1];
+    return last ? last.beginLsn + BigInt(last.length) : segmentStart(file.segment);
   }
 
   /** Removes whole segment files that end at or below `lsn`. Returns the new oldest LSN held. */
@@ -380,7 +467,7 @@ export class WalStore {
   /** Closes the files. */
   close(): void {
     for (const file of this.segments.values()) {
-      if (file.fd !== null) fs.closeSync(file.fd);
+      if (file.fd !== null) this.fs.closeSync(file.fd);
       file.fd = null;
     }
   }
@@ -388,7 +475,7 @@ export class WalStore {
   /** Removes every file and the directory. */
   async destroy(): Promise<void> {
     this.close();
-    await fsp.rm(this.directory, { recursive: true, force: true });
+    this.fs.rmSync(this.directory);
   }
 
   private orderedSegments(): SegmentFile[] {
@@ -402,14 +489,14 @@ export class WalStore {
       this.segments.set(segment, file);
       const preallocated = this.preallocation;
       if (preallocated?.segment === segment && preallocated.ready) {
-        fs.renameSync(preallocated.path, file.path);
-        file.fd = fs.openSync(file.path, 'r+');
+        this.fs.renameSync(preallocated.path, file.path);
+        file.fd = this.fs.openSync(file.path, 'r+');
       } else {
-        file.fd = fs.openSync(file.path, 'w+');
+        file.fd = this.fs.openSync(file.path, 'w+');
         // A preallocation that came too late is of no use any more: drop it (its job removes the file).
         if (preallocated && preallocated.segment <= segment) {
           this.preallocation = null;
-          if (preallocated.ready) fs.rmSync(preallocated.path, { force: true });
+          if (preallocated.ready) this.fs.rmSync(preallocated.path);
         }
       }
       // The new file's name must survive a crash too.
@@ -419,26 +506,21 @@ export class WalStore {
   }
 
   private fdOf(file: SegmentFile): number {
-    if (file.fd === null) file.fd = fs.openSync(file.path, 'r+');
+    if (file.fd === null) file.fd = this.fs.openSync(file.path, 'r+');
     return file.fd;
   }
 
   private removeFile(file: SegmentFile): void {
     if (file.fd !== null) {
       this.dirtyFds.delete(file.fd);
-      fs.closeSync(file.fd);
+      this.fs.closeSync(file.fd);
     }
-    fs.rmSync(file.path, { force: true });
+    this.fs.rmSync(file.path);
     this.segments.delete(file.segment);
   }
 
   private syncDirectory(): void {
-    const fd = fs.openSync(this.directory, 'r');
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
+    syncDirectory(this.fs, this.directory);
   }
 
   private loadChunks(file: SegmentFile): ChunkRef[] {
@@ -449,7 +531,7 @@ export class WalStore {
   /** Reads every chunk header of a file, checking checksums; cuts the file after the last good chunk. */
   private scan(file: SegmentFile, repairs: Repair[]): ChunkRef[] {
     const fd = this.fdOf(file);
-    const size = fs.fstatSync(fd).size;
+    const size = this.fs.fileSize(fd);
     const chunks: ChunkRef[] = [];
     const header = Buffer.alloc(HEADER_SIZE);
     let offset = 0;
@@ -457,16 +539,16 @@ export class WalStore {
     let expectedLsn: Lsn | null = null;
     while (offset < size) {
       if (size - offset < HEADER_SIZE) {
-        if (isZero(fd, offset, size - offset)) break;
+        if (isZero(this.fs, fd, offset, size - offset)) break;
         problem = `a partial chunk header of ${size - offset} bytes`;
         break;
       }
-      fs.readSync(fd, header, 0, HEADER_SIZE, offset);
+      this.fs.readSync(fd, header, 0, HEADER_SIZE, offset);
       // Zeros: the preallocated rest of the file, the clean end of its chunks -- when all the rest is zeros. Other
       // bytes there are WAL written after a chunk that was lost (a crash persists pages in any order): never
       // acknowledged, and they must be cut, or a later chunk filling the gap exactly would bring them back.
       if (header.equals(ZERO_HEADER)) {
-        if (!isZero(fd, offset, size - offset)) problem = 'a zeroed (lost) chunk followed by more WAL';
+        if (!isZero(this.fs, fd, offset, size - offset)) problem = 'a zeroed (lost) chunk followed by more WAL';
         break;
       }
       const length = header.readUInt32LE(4);
@@ -484,7 +566,7 @@ export class WalStore {
         break;
       }
       const payload = Buffer.allocUnsafe(length);
-      fs.readSync(fd, payload, 0, length, offset + HEADER_SIZE);
+      this.fs.readSync(fd, payload, 0, length, offset + HEADER_SIZE);
       const crc = zlib.crc32(payload, zlib.crc32(header.subarray(4, 16)));
       if (crc !== header.readUInt32LE(16)) {
         problem = `a chunk at ${formatLsn(beginLsn)} whose checksum does not match`;
@@ -496,8 +578,8 @@ export class WalStore {
     }
     if (problem) {
       repairs.push({ file: file.path, cutAtOffset: offset, reason: problem });
-      fs.ftruncateSync(fd, offset);
-      fs.fsyncSync(fd);
+      this.fs.ftruncateSync(fd, offset);
+      this.fs.fsyncSync(fd);
     }
     file.size = offset;
     file.chunks = chunks;
@@ -517,11 +599,11 @@ export class WalStore {
 }
 
 /** Whether `length` bytes of the file from `offset` are all zeros (read 1 MiB at a time). */
-function isZero(fd: number, offset: number, length: number): boolean {
+function isZero(fileSystem: FileSystem, fd: number, offset: number, length: number): boolean {
   const piece = Buffer.alloc(Math.min(length, 1024 * 1024));
   const zeros = Buffer.alloc(piece.length);
   for (let done = 0; done < length; ) {
-    const read = fs.readSync(fd, piece, 0, Math.min(piece.length, length - done), offset + done);
+    const read = fileSystem.readSync(fd, piece, 0, Math.min(piece.length, length - done), offset + done);
     if (read === 0) break;
     if (!piece.subarray(0, read).equals(zeros.subarray(0, read))) return false;
     done += read;

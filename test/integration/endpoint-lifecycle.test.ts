@@ -330,8 +330,8 @@ describe('endpoint lifecycle (control plane, provisioner, safekeepers, pageserve
     await client.query('CREATE TABLE kept (id int)');
     await client.query('INSERT INTO kept SELECT generate_series(1, 10)');
     await client.end();
-    // kill -9 of the agent: the provisioner restarts it under the same term, which the agent refuses once the term
-    // wrote WAL, so the compute ends FAILED and the control plane starts a new one with a higher term.
+    // kill -9 of the agent: the provisioner restarts it under the same term, which the safekeepers refuse to a new
+    // process, so the compute ends FAILED and the control plane starts a new one with a higher term.
     for (const pid of provisioner.agentPids()) process.kill(pid, 'SIGKILL');
     const second = await waitFor(
       async () => {

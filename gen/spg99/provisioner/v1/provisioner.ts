@@ -185,9 +185,10 @@ export interface Compute {
     | undefined;
   /**
    * How many times the driver restarted the agent after it exited unexpectedly (same id, spec and term). Such a
-   * restart succeeds only while the term has written nothing: a term whose log holds WAL is never reused (two
-   * incarnations writing different WAL under one term could leave a divergent tail no election detects), so the
-   * agent refuses it, the compute ends FAILED, and the control plane starts a new compute with a new lease and a
+   * restart succeeds only while no safekeeper has promised the term yet: a term belongs to one agent process (its
+   * proposer identity is the compute id and a per-process nonce; two processes writing different WAL under one term
+   * could leave a divergent tail no election detects), so the safekeepers refuse the restarted agent its
+   * predecessor's term, the compute ends FAILED, and the control plane starts a new compute with a new lease and a
    * higher term.
    */
   restartCount: number;
