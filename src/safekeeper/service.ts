@@ -9,6 +9,7 @@ import { counter, histogram } from '../lib/metrics.js';
 import { formatLsn, type Lsn } from '../lib/lsn.js';
 import type { Safekeeper } from './safekeeper.js';
 import type { AppendSession } from './timeline.js';
+import { pullTimeline } from './timeline-pull.js';
 import { parseProposerId, parseTerm, parseTermHistory, parseTimelineId, toTimelineStatus } from './model.js';
 
 /** The largest WAL payload one Append or StreamWal message carries. */
@@ -162,6 +163,17 @@ export function safekeeperService(
         }
         await timeline.changed.wait(context.signal, 1000);
       }
+    },
+
+    async pullTimeline(request, context) {
+      const timelineId = parseTimelineId(request.timelineId);
+      const outcome = await pullTimeline(
+        { dataDir: safekeeper.dataDir, find: (id) => safekeeper.find(id), replace: (id, install) => safekeeper.replace(id, install) },
+        { timelineId, peerAddresses: request.peerAddresses, startLsn: request.startLsn },
+        context.log,
+        context.signal,
+      );
+      return { status: toTimelineStatus(outcome.timeline.snapshot()), donorAddress: outcome.donorAddress, copiedBytes: outcome.copiedBytes };
     },
 
     async reportConsumerProgress(request) {
