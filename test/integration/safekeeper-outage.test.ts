@@ -10,6 +10,7 @@ import { expect } from 'chai';
 import { EndpointState } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { Status } from '../../src/lib/grpc/errors.js';
 import { postmasterPid } from '../../src/provisioner/process-driver.js';
+import { WAL_SEGMENT_SIZE, segmentNumber, segmentStart } from '../../src/lib/lsn.js';
 import { useHarness, waitFor } from '../harness/process.js';
 import { failure } from '../harness/control-plane.js';
 import { controlPlaneMetric, startGatewayPlatform } from '../harness/platform.js';
@@ -51,11 +52,25 @@ describe('a platform with a safekeeper down (real processes)', function () {
         const now = await endpointState();
         return now.state === EndpointState.ENDPOINT_STATE_RUNNING && now.currentComputeId !== before.currentComputeId;
       },
-      { what: 'a new compute RUNNING', timeoutMs: 60_000 },
+      { what: 'a new compute RUNNING', timeoutMs: 180_000 },
     );
     client = await gateway.connect(endpointId, owner);
     expect((await client.query('SELECT count(*)::int AS n FROM items')).rows[0].n).to.equal(6000);
     process.stdout.write(`      a new compute served ${((Date.now() - replacedAt) / 1000).toFixed(1)} s after the kill\n`);
+
+    // Some segments of WAL, made durable in object storage by the pageserver: a returning safekeeper needs only
+    // what follows (from the segment of the pageserver's durable LSN), not the timeline's start.
+    await client.query("INSERT INTO items SELECT n, repeat('y', 200) FROM generate_series(100001, 250000) AS n");
+    const written = (await platform.safekeepers[0].status(timelineId)).commitLsn;
+    expect(written - (await platform.safekeepers[0].status(timelineId)).timelineStartLsn > 2n * WAL_SEGMENT_SIZE, 'over two segments of WAL').to.equal(true);
+    let durable = 0n;
+    await waitFor(
+      async () => {
+        durable = (await platform.pageserver.timelines.describeTimeline({ timelineId })).timeline?.remoteConsistentLsn ?? 0n;
+        return durable >= written;
+      },
+      { what: 'the WAL durable in object storage', timeoutMs: 120_000 },
+    );
 
     // Two of three hold the timeline; the third comes back with an empty disk and is repaired by the control plane.
     expect(await controlPlaneMetric(platform, 'spg99_control_plane_timeline_safekeepers_in_sync', `timeline_id="${timelineId}"`)).to.equal(2);
@@ -73,6 +88,9 @@ describe('a platform with a safekeeper down (real processes)', function () {
     await waitFor(async () => (await down.status(timelineId)).flushLsn >= commitLsn, { what: 'the returned safekeeper following the writer', timeoutMs: 60_000 });
     const returned = await down.status(timelineId);
     expect(returned.promisedTerm, 'the returned safekeeper knows the current term').to.equal(others[0].promisedTerm);
+    expect(returned.oldestLsn, 'its WAL begins at the segment of the durable LSN').to.equal(segmentStart(segmentNumber(durable)));
+    expect(returned.oldestLsn > returned.timelineStartLsn + WAL_SEGMENT_SIZE, 'not at the timeline\'s start').to.equal(true);
+    expect(await controlPlaneMetric(platform, 'spg99_control_plane_timeline_repairs_total', 'action="pull",outcome="done"')).to.be.at.least(1);
     await client.end();
   });
 
