@@ -160,6 +160,7 @@ export class EndpointLifecycle {
     this.retryMaxMs = options.retryMaxMs ?? 60_000;
     this.replicas = new TimelineReplicas({
       catalog: options.catalog,
+      leases: options.leases,
       safekeepers: options.safekeepers,
       pageserver: options.pageserver,
       log: options.log,
@@ -545,7 +546,7 @@ export class EndpointLifecycle {
       const safekeeperAddresses = this.options.safekeepers.map((node) => node.address);
       // A majority is enough: a safekeeper that is down gets the timeline from the reconciler when it returns.
       try {
-        await this.replicas.ensureOnMajority(timelineId);
+        await this.replicas.ensureOnMajority(timelineId, (await leases.get(timelineId)).latestTerm > 0n);
       } catch (error) {
         throw stepFailed('creating the timeline on the safekeepers', error);
       }

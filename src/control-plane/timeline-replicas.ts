@@ -19,6 +19,7 @@ import type { Logger } from '../lib/log.js';
 import { formatLsn, WAL_SEGMENT_SIZE, type Lsn } from '../lib/lsn.js';
 import { counter, gauge } from '../lib/metrics.js';
 import type { Catalog } from './catalog.js';
+import type { WriterLeases } from './leases.js';
 
 /** A safekeeper as the control plane reaches it. */
 export interface SafekeeperNodeClient {
@@ -28,6 +29,7 @@ export interface SafekeeperNodeClient {
 
 export interface TimelineReplicasOptions {
   catalog: Catalog;
+  leases: WriterLeases;
   safekeepers: SafekeeperNodeClient[];
   pageserver: SpgClient<typeof TimelineServiceDefinition>;
   log: Logger;
@@ -86,23 +88,42 @@ export class TimelineReplicas {
   }
 
   /**
-   * Creates the timeline on the safekeepers (ALREADY_EXISTS counts as created) and resolves as soon as a majority has
-   * it; the others are left to finish or to the reconciler. UNAVAILABLE naming each failure when no majority can.
+   * Makes sure a majority of safekeepers holds the timeline, and resolves as soon as one does; the others are left to
+   * finish or to the reconciler. A timeline that never had a writer (`everWritten` false: no term was ever granted)
+   * is created; one that had is never created empty again on a safekeeper that lacks it (a safekeeper that lost its
+   * disk lost its promises too, and an empty copy would vote for any term): it is pulled from the peers, which
+   * restores the promises. UNAVAILABLE naming each failure when no majority can be reached.
    */
-  async ensureOnMajority(timelineId: string): Promise<void> {
+  async ensureOnMajority(timelineId: string, everWritten: boolean): Promise<void> {
     const { safekeepers, log } = this.options;
     const failures: string[] = [];
     let created = 0;
+    const copies = everWritten ? await this.copies(timelineId) : [];
+    const holding = new Set(copies.flatMap((copy) => (typeof copy.status === 'string' ? [] : [copy.node])));
+    if (holding.size >= this.quorum) return;
+    const startLsn = everWritten ? await this.durableLsn(timelineId) : 0n;
     await new Promise<void>((resolve, reject) => {
       for (const node of safekeepers) {
-        void node.client
-          .createTimeline({ timelineId }, { deadline: new Date(Date.now() + CREATE_DEADLINE_MS) })
+        const making = holding.has(node)
+          ? Promise.resolve()
+          : everWritten
+            ? node.client
+                .pullTimeline(
+                  { timelineId, peerAddresses: safekeepers.filter((peer) => peer !== node).map((peer) => peer.address), startLsn },
+                  { deadline: new Date(Date.now() + PULL_DEADLINE_MS) },
+                )
+                .then(() => undefined)
+            : node.client.createTimeline({ timelineId }, { deadline: new Date(Date.now() + CREATE_DEADLINE_MS) });
+        void making
           .then(
             () => true,
             (error: unknown) => {
               if (hasStatus(error, Status.ALREADY_EXISTS)) return true;
               failures.push(`safekeeper ${node.address}: ${describe(error)}`);
-              log.warn({ timelineId, safekeeper: node.address, err: error }, 'could not create the timeline on a safekeeper; a majority is enough, the reconciler adds it later');
+              log.warn(
+                { timelineId, safekeeper: node.address, err: error },
+                `could not ${everWritten ? 'pull' : 'create'} the timeline on a safekeeper; a majority is enough, the reconciler adds it later`,
+              );
               return false;
             },
           )
@@ -112,7 +133,7 @@ export class TimelineReplicas {
             else if (failures.length > safekeepers.length - this.quorum) {
               reject(
                 unavailable(
-                  `the timeline could be created on only ${created} of ${safekeepers.length} safekeepers (a majority, ${this.quorum}, is needed): ` +
+                  `the timeline is on only ${created} of ${safekeepers.length} safekeepers (a majority, ${this.quorum}, is needed): ` +
                     `${failures.join('; ')}; bring the safekeepers back and retry`,
                 ),
               );
@@ -216,7 +237,7 @@ export class TimelineReplicas {
       if (copy.status === 'unreachable') continue;
       const peers = statuses.filter((status) => status !== copy.status);
       if (copy.status === 'missing') {
-        if (anyWal) await this.pull(timelineId, copy.node, 'missing', signal);
+        if (anyWal || (await this.everWritten(timelineId))) await this.pull(timelineId, copy.node, 'missing', signal);
         else await this.create(timelineId, copy.node);
       } else if (this.stale(timelineId, copy.node, needsPull(copy.status, peers))) {
         await this.pull(timelineId, copy.node, copy.status.flushLsn === 0n ? 'empty' : `behind (its WAL ends at ${formatLsn(copy.status.flushLsn)})`, signal);
@@ -249,6 +270,11 @@ export class TimelineReplicas {
       repairsTotal.inc({ action: 'create', outcome: 'failed' });
       this.options.log.warn({ timelineId, safekeeper: node.address, err: error }, 'could not create a timeline the safekeeper had missed; retrying later');
     }
+  }
+
+  /** Whether a writer term was ever granted on the timeline (then its copies may hold promises, even without WAL). */
+  async everWritten(timelineId: string): Promise<boolean> {
+    return (await this.options.leases.get(timelineId)).latestTerm > 0n;
   }
 
   /** What the pageserver made durable in object storage (0 when it cannot say): where a pull's WAL begins. */

@@ -323,6 +323,8 @@ describe('durability under faults (SIGKILL of each component under a write load;
     const { platform, gateway, api, endpointId, owner } = await startGatewayPlatform(h, {
       poolerMode: PoolerMode.POOLER_MODE_TRANSACTION,
       controlPlaneArgs: ['--writer-lease-ttl-s', '5'],
+      // A loaded machine starts a compute from a basebackup slower than the default minute.
+      gatewayArgs: ['--wake-timeout-s', '180'],
       // Dead before the project exists: its timeline is never on that safekeeper.
       beforeProject: async (started) => {
         dead = Math.floor(pick() * started.safekeepers.length);

@@ -22,6 +22,7 @@ describe('a platform with a safekeeper down (real processes)', function () {
   it('creates, stops, wakes and replaces with one safekeeper down, and the safekeeper catches up after returning empty', async () => {
     const h = harness();
     const { platform, gateway, api, project, endpointId, owner } = await startGatewayPlatform(h, {
+      gatewayArgs: ['--wake-timeout-s', '180'],
       // Stopped before anything of the project exists: its timeline is created on two safekeepers only.
       beforeProject: async (started) => void (await started.safekeepers[2].stop()),
     });
@@ -96,7 +97,7 @@ describe('a platform with a safekeeper down (real processes)', function () {
 
   it('retries a start that failed while a majority of safekeepers was down, and says why without blaming Redis', async () => {
     const h = harness();
-    const { platform, api, endpointId, gateway, owner } = await startGatewayPlatform(h);
+    const { platform, api, endpointId, gateway, owner } = await startGatewayPlatform(h, { gatewayArgs: ['--wake-timeout-s', '180'] });
     await Promise.all([platform.safekeepers[1].stop(), platform.safekeepers[2].stop()]);
 
     await api.startEndpoint({ endpointId });
