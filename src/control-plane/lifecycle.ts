@@ -169,12 +169,12 @@ export class EndpointLifecycle {
   }
 
   /** Records a failed start or stop: when it is retried, and whether at all. */
-  private recordFailure(endpointId: string, error: unknown): RetryState {
+  private recordFailure(endpointId: string, error: unknown, options: { retryable?: boolean } = {}): RetryState {
     const previous = this.retries.get(endpointId);
     const attempts = (previous?.attempts ?? 0) + 1;
     const code = statusOf(error);
     const waitMs = Math.min(this.retryMaxMs, this.retryInitialMs * 2 ** (attempts - 1));
-    const state = { attempts, nextAttemptAt: Date.now() + waitMs, code, permanent: PERMANENT_FAILURES.has(code) };
+    const state = { attempts, nextAttemptAt: Date.now() + waitMs, code, permanent: !options.retryable && PERMANENT_FAILURES.has(code) };
     this.retries.set(endpointId, state);
     return state;
   }
@@ -226,6 +226,9 @@ export class EndpointLifecycle {
    * unchanged; FAILED_PRECONDITION while it is SUSPENDING.
    */
   async start(endpoint: EndpointRecord, reason: string): Promise<EndpointRecord> {
+    // A FAILED endpoint's last compute must be gone before another one starts (its failed start may not have
+    // reached the provisioner to kill it).
+    if (endpoint.state === 'failed') await this.cleanUpFailed(endpoint);
     const computeId = newId('compute');
     const outcome = await this.options.catalog.transitionEndpoint(endpoint.endpointId, ['stopped', 'failed'], {
       state: 'starting',
@@ -490,8 +493,13 @@ export class EndpointLifecycle {
         if (retry && (retry.permanent || Date.now() < retry.nextAttemptAt)) return;
         retriesTotal.inc({ operation: 'start' });
         this.options.log.info({ endpointId, attempt: (retry?.attempts ?? 0) + 1, after: endpoint.stateReason }, 'retrying a failed start');
-        await this.cleanUpFailed(endpoint);
-        await this.start(endpoint, 'retry after a failed start');
+        try {
+          await this.start(endpoint, 'retry after a failed start');
+        } catch (error) {
+          // Its last compute could not be made sure gone (the provisioner is unreachable): tried again later.
+          const next = this.recordFailure(endpointId, error, { retryable: true });
+          this.options.log.warn({ endpointId, err: error, attempt: next.attempts }, 'could not retry a failed start; trying again later');
+        }
         return;
       }
       case 'running':
