@@ -81,6 +81,8 @@ export class TimelineReplicas {
   private readonly intervalMs: number;
   /** Copies that needed a pull on the last pass (`timeline address`). */
   private readonly suspects = new Set<string>();
+  /** Timelines whose in-sync gauge is exported. */
+  private readonly exported = new Set<string>();
 
   constructor(private readonly options: TimelineReplicasOptions) {
     this.quorum = Math.floor(options.safekeepers.length / 2) + 1;
@@ -100,7 +102,14 @@ export class TimelineReplicas {
     let created = 0;
     const copies = everWritten ? await this.copies(timelineId) : [];
     const holding = new Set(copies.flatMap((copy) => (typeof copy.status === 'string' ? [] : [copy.node])));
-    if (holding.size >= this.quorum) return;
+    if (holding.size >= this.quorum) {
+      // A reachable safekeeper without the copy would refuse the writer's vote (NOT_FOUND): pulled now rather than at
+      // the reconciler's next pass, without holding the start up.
+      for (const copy of copies) {
+        if (copy.status === 'missing') void this.pull(timelineId, copy.node, 'missing at a start');
+      }
+      return;
+    }
     const startLsn = everWritten ? await this.durableLsn(timelineId) : 0n;
     await new Promise<void>((resolve, reject) => {
       for (const node of safekeepers) {
@@ -197,6 +206,12 @@ export class TimelineReplicas {
   /** One pass over every timeline. */
   async reconcileOnce(signal?: AbortSignal): Promise<void> {
     const timelines = await this.timelines();
+    // A deleted timeline's gauge goes with it.
+    for (const gone of [...this.exported].filter((timelineId) => !timelines.includes(timelineId))) {
+      inSyncGauge.remove({ timeline_id: gone });
+      this.exported.delete(gone);
+    }
+    for (const timelineId of timelines) this.exported.add(timelineId);
     for (const timelineId of timelines) {
       if (signal?.aborted) return;
       try {
