@@ -5,13 +5,16 @@
  * current one), so two concurrent starts produce exactly one compute: only the caller whose transition to STARTING
  * applied goes on to provision.
  *
- * A start: STOPPED/FAILED → STARTING (a new compute id `cp-…` recorded first), the timeline created on every
- * safekeeper (ALREADY_EXISTS is fine) and its WAL source set on the pageserver, any other compute still holding the
+ * A start: STOPPED/FAILED → STARTING (a new compute id `cp-…` recorded first), the timeline on a majority of the
+ * safekeepers (timeline-replicas.ts; the others get it from its reconciler) and its WAL source set on the pageserver, any other compute still holding the
  * timeline's lease killed and its lease released (the endpoint wants only its current compute), a writer lease
  * acquired for the compute (a new, higher term), EnsureCompute on the provisioner with the spec, then RUNNING with
  * the Postgres address once the agent reports STARTED or the provisioner reports the compute RUNNING. A stop: RUNNING
- * → SUSPENDING, StopCompute (graceful), the lease released with the final LSN, STOPPED. A failed start records
- * FAILED with the reason, kills what was started and releases the lease.
+ * → SUSPENDING, StopCompute (graceful; a kill when that fails), the lease released with the final LSN, STOPPED. A
+ * failed start records FAILED with the reason (the failing step, and its cause's gRPC status and words), kills what
+ * was started and releases the lease; unless the failure is one the same start meets again (a spec refused), the
+ * reconciler retries it with backoff, and a wake retries it at once. A stop that fails stays SUSPENDING, naming the
+ * failure, and is retried until its compute is gone and its lease released: never a compute or lease left unnoticed.
  *
  * Every step of a start is idempotent for the same compute id (the lease of the same compute is answered again,
  * EnsureCompute with the same spec is answered unchanged), so the reconciler resumes a STARTING endpoint that no
