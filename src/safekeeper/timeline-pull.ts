@@ -96,6 +96,12 @@ export async function pullTimeline(
   const { timelineId, peerAddresses, startLsn } = input;
   if (peerAddresses.length === 0) throw invalidArgument('peer_addresses is required: host:port of every other safekeeper of the timeline');
   if (new Set(peerAddresses).size !== peerAddresses.length) throw invalidArgument(`peer_addresses lists an address twice: ${peerAddresses.join(',')}`);
+  peerAddresses.forEach((address, index) => {
+    const port = Number(address.slice(address.lastIndexOf(':') + 1));
+    if (!/^[A-Za-z0-9.[\]:-]+:[0-9]{1,5}$/.test(address) || port < 1 || port > 65535) {
+      throw invalidArgument(`peer_addresses[${index}] must be host:port with a port from 1 to 65535 (e.g. 127.0.0.1:7502), got "${address.slice(0, 80)}"`);
+    }
+  });
   if (inProgress.has(timelineId)) throw unavailable(`timeline ${timelineId} is already being pulled on this safekeeper; retry once that pull ends`);
   inProgress.add(timelineId);
   const channels = peerAddresses.map((address) => ({ address, channel: openChannel(address) }));
