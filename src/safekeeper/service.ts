@@ -3,7 +3,7 @@
  */
 import type { SafekeeperServiceImplementation, AppendRequest, AppendResponse, StreamWalResponse } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import type { ServerContext, ServerContextExtension } from '../lib/grpc/server.js';
-import { failedPrecondition, invalidArgument, notFound } from '../lib/grpc/errors.js';
+import { failedPrecondition, invalidArgument, notFound, unavailable } from '../lib/grpc/errors.js';
 import { AsyncQueue } from '../lib/async.js';
 import { counter, histogram } from '../lib/metrics.js';
 import { formatLsn, type Lsn } from '../lib/lsn.js';
@@ -140,6 +140,8 @@ export function safekeeperService(
       let lastSent = Date.now();
       for (;;) {
         if (timeline.isDeleted) throw notFound(`timeline ${timeline.timelineId} was deleted`);
+        // A pull replaced this copy (timeline-pull.ts): the reader reconnects to the new one.
+        if (safekeeper.find(timeline.timelineId) !== timeline) throw unavailable(`timeline ${timeline.timelineId} was replaced by a copy pulled from the peers; reconnect`);
         if (endLsn !== 0n && position >= endLsn) return;
         // A consumer's progress report may have removed WAL this (slower) stream still needed.
         if (position < timeline.oldestLsn) throw walRemoved(position, timeline.oldestLsn);
