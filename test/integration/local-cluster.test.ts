@@ -45,7 +45,7 @@ function processesUnder(directory: string): number[] {
 }
 
 describe('make up with components missing (local-cluster, real processes)', function () {
-  this.timeout(600_000);
+  this.timeout(900_000);
   let home: TempDir | null = null;
   let env: NodeJS.ProcessEnv = {};
 
