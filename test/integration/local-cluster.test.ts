@@ -74,8 +74,9 @@ describe('make up with components missing (local-cluster, real processes)', func
       SPG99_GATEWAY_PORT: String(gateway),
       SPG99_GATEWAY_ADMIN_PORT: String(gatewayAdmin),
     });
-    // Something else holds the third safekeeper's port: it cannot start.
-    const squatter = net.createServer();
+    // Something else holds the third safekeeper's port: it cannot start. It hangs up on every connection at once,
+    // so that closing it does not wait on the control plane's channel to that address.
+    const squatter = net.createServer((socket) => socket.destroy());
     await new Promise<void>((resolve) => squatter.listen(sk3, '127.0.0.1', resolve));
     let first: Run;
     try {
