@@ -4,7 +4,10 @@
  * agent + Postgres processes), the control plane and the gateway (TLS with a local CA in `.spg99/tls/`) — started as background processes that outlive the command,
  * with logs in `.spg99/logs/`. The first `make up` creates a tenant (its admin API key is kept in
  * `.spg99/credentials.json`, mode 0600) and a demo project, wakes the demo endpoint and prints how to connect. Data
- * survives `make down`; the next `make up` brings back the same databases.
+ * survives `make down`; the next `make up` brings back the same databases. `make up` on a running platform starts
+ * whatever component is not running (a crashed or killed one) and leaves the running ones alone; a safekeeper that
+ * cannot start is reported while the other two carry on (a majority is enough), and a demo endpoint that does not
+ * wake is reported, not a reason to stop the platform.
  *
  * Environment: `SPG99_HOME` moves the state directory (default `<repo>/.spg99`), so that a test can run a whole
  * platform in a temporary directory; the ports are `SPG99_REDIS_PORT`, `SPG99_SAFEKEEPER{1,2,3}_PORT`,
@@ -243,38 +246,65 @@ async function up(): Promise<void> {
       `${stateFile} was made by an older make up (a bare timeline without the control plane): run make down, then make clean to start over`,
     );
   }
-  if (previous && Object.keys(previous.pids).length > 0 && Object.values(previous.pids).every(alive)) {
-    const credentials = await bootstrap();
-    printConnection(credentials);
-    return;
+  // What still runs is kept (its pid and metrics port); only what is not running is started.
+  const state: ClusterState = { version: 2, pids: {}, ports, metricsPorts: {} };
+  for (const [name, pid] of Object.entries(previous?.pids ?? {})) {
+    if (!alive(pid)) continue;
+    state.pids[name] = pid;
+    const metricsPort = previous?.metricsPorts?.[name];
+    if (metricsPort !== undefined) state.metricsPorts![name] = metricsPort;
   }
-  if (previous) await down(true);
-  const state: ClusterState = { version: 2, pids: {}, ports };
+  const kept = Object.keys(state.pids);
+  const launched: string[] = [];
+  let readiness: string;
   try {
-    const readiness = await start(state, started);
-    const credentials = await bootstrap();
-    // Woken now so that the first psql is fast; it suspends after its idle timeout and wakes on the next connect.
-    const wakeStarted = performance.now();
-    await wakeDemo(credentials);
-    printConnection(credentials, `${seconds(performance.now() - started)} (${readiness}, demo endpoint woken ${seconds(performance.now() - wakeStarted)})`);
+    readiness = await start(state, started, launched);
   } catch (error) {
-    // Nothing keeps running after a failed start, so `make clean` is safe to follow.
-    await down(true);
+    // What this run started stops again; what ran before keeps running (make down stops everything).
+    for (const name of launched) await stop(name, state.pids[name], true);
+    for (const name of launched) delete state.pids[name];
+    writeState(state);
     throw error;
   }
+  if (kept.length > 0) console.log(launched.length === 0 ? 'every component was running already' : `kept running: ${kept.join(', ')}; started: ${launched.join(', ')}`);
+  const credentials = await bootstrap();
+  // Woken now so that the first psql is fast; it suspends after its idle timeout and wakes on the next connect.
+  const wakeStarted = performance.now();
+  try {
+    await wakeDemo(credentials);
+    readiness += `, demo endpoint woken ${seconds(performance.now() - wakeStarted)}`;
+  } catch (error) {
+    // The platform runs: the endpoint is retried by the control plane and woken by the next connection.
+    console.log(
+      `\nthe demo endpoint ${credentials.demo!.endpointId} did not wake: ${error instanceof ClientError ? `${Status[error.code]}: ${error.details}` : (error as Error).message}\n` +
+        `  The platform keeps running; the control plane retries the endpoint and a connection wakes it. See make status and ${shownPath(logDir)}/control-plane.log.`,
+    );
+  }
+  printConnection(credentials, `${seconds(performance.now() - started)} (${readiness})`);
 }
 
-/** Starts Redis and the safekeepers → pageserver → provisioner → control plane; answers how long each took. */
-async function start(state: ClusterState, started: number): Promise<string> {
+/**
+ * Starts, in order, whatever of Redis and the safekeepers → pageserver → provisioner → control plane → gateway is not
+ * running (names added to `launched`); answers how long each step took. A safekeeper that cannot start is reported
+ * and skipped while a majority runs.
+ */
+async function start(state: ClusterState, started: number, launched: string[]): Promise<string> {
   const timings: string[] = [];
   const mark = (what: string, since: number) => timings.push(`${what} ${seconds(performance.now() - since)}`);
+  const running = (name: string) => alive(state.pids[name]);
+  const record = (name: string, pid: number) => {
+    state.pids[name] = pid;
+    launched.push(name);
+  };
 
-  const redisConfig = writeRedisConfig({ port: ports.redis, dataDir: path.join(home, 'redis') });
-  const redis = launch('redis', redisServerBinary(), [redisConfig.configFile]);
-  state.pids.redis = redis.pid;
   const safekeepers = ports.safekeepers.map((port) => `127.0.0.1:${port}`);
+  const safekeeperFailures: string[] = [];
   await Promise.all([
     (async () => {
+      if (running('redis')) return;
+      const redisConfig = writeRedisConfig({ port: ports.redis, dataDir: path.join(home, 'redis') });
+      const redis = launch('redis', redisServerBinary(), [redisConfig.configFile]);
+      record('redis', redis.pid);
       const deadline = Date.now() + 60_000;
       while ((await pingRedis('127.0.0.1', ports.redis, 1_000).catch((error: Error) => error.message)) !== '+PONG') {
         if (!alive(redis.pid)) throw new Error(`redis-server exited; see ${redisConfig.logFile}`);
@@ -284,34 +314,61 @@ async function start(state: ClusterState, started: number): Promise<string> {
     })(),
     ...ports.safekeepers.map(async (port, index) => {
       const name = `safekeeper-${index + 1}`;
+      if (running(name)) return;
       const logFile = path.join(logDir, `${name}.log`);
       const offset = logSize(logFile);
       const { pid } = launchComponent(name, 'safekeeper', ['--id', `sk-${index + 1}`, '--data-dir', path.join(home, name), '--listen', `127.0.0.1:${port}`]);
-      state.pids[name] = pid;
-      recordMetrics(state, name, await waitForLog(logFile, offset, 'safekeeper ready', pid));
+      record(name, pid);
+      try {
+        recordMetrics(state, name, await waitForLog(logFile, offset, 'safekeeper ready', pid));
+      } catch (error) {
+        safekeeperFailures.push(`${name} did not start: ${(error as Error).message}`);
+        if (alive(pid)) process.kill(pid, 'SIGKILL');
+        delete state.pids[name];
+        launched.splice(launched.indexOf(name), 1);
+      }
     }),
   ]);
+  const quorum = Math.floor(ports.safekeepers.length / 2) + 1;
+  const safekeepersUp = ports.safekeepers.filter((_, index) => running(`safekeeper-${index + 1}`)).length;
+  if (safekeepersUp < quorum) throw new Error(`only ${safekeepersUp} of ${ports.safekeepers.length} safekeepers run (${quorum} are needed):\n${safekeeperFailures.join('\n')}`);
+  for (const failure of safekeeperFailures) console.log(`warning: ${failure}\n  The platform runs on the other safekeepers (a majority); fix it and run make up again.`);
   writeState(state);
   mark('redis and safekeepers', started);
 
   let since = performance.now();
-  const pageserverLog = path.join(logDir, 'pageserver.log');
-  const pageserverOffset = logSize(pageserverLog);
-  const pageserver = launchComponent('pageserver', 'pageserver', ['--data-dir', path.join(home, 'pageserver'), '--listen', `127.0.0.1:${ports.pageserver}`]);
-  state.pids.pageserver = pageserver.pid;
-  const provisionerLog = path.join(logDir, 'provisioner.log');
-  const provisionerOffset = logSize(provisionerLog);
-  const provisioner = launchComponent('provisioner', 'provisioner', ['--data-dir', path.join(home, 'computes'), '--listen', `127.0.0.1:${ports.provisioner}`]);
-  state.pids.provisioner = provisioner.pid;
+  const waits: Promise<void>[] = [];
+  if (!running('pageserver')) {
+    const pageserverLog = path.join(logDir, 'pageserver.log');
+    const pageserverOffset = logSize(pageserverLog);
+    const pageserver = launchComponent('pageserver', 'pageserver', ['--data-dir', path.join(home, 'pageserver'), '--listen', `127.0.0.1:${ports.pageserver}`]);
+    record('pageserver', pageserver.pid);
+    waits.push(waitForLog(pageserverLog, pageserverOffset, 'pageserver ready', pageserver.pid).then((line) => recordMetrics(state, 'pageserver', line)));
+  }
+  if (!running('provisioner')) {
+    const provisionerLog = path.join(logDir, 'provisioner.log');
+    const provisionerOffset = logSize(provisionerLog);
+    const provisioner = launchComponent('provisioner', 'provisioner', ['--data-dir', path.join(home, 'computes'), '--listen', `127.0.0.1:${ports.provisioner}`]);
+    record('provisioner', provisioner.pid);
+    waits.push(waitForLog(provisionerLog, provisionerOffset, 'provisioner ready', provisioner.pid).then((line) => recordMetrics(state, 'provisioner', line)));
+  }
   writeState(state);
-  await Promise.all([
-    waitForLog(pageserverLog, pageserverOffset, 'pageserver ready', pageserver.pid).then((line) => recordMetrics(state, 'pageserver', line)),
-    waitForLog(provisionerLog, provisionerOffset, 'provisioner ready', provisioner.pid).then((line) => recordMetrics(state, 'provisioner', line)),
-  ]);
+  await Promise.all(waits);
   mark('pageserver and provisioner', since);
 
   since = performance.now();
   if (!fs.existsSync(operatorTokenFile)) fs.writeFileSync(operatorTokenFile, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  if (!running('control-plane')) await startControlPlane(state, safekeepers, record);
+  mark('control plane', since);
+
+  since = performance.now();
+  if (!running('gateway')) await startGateway(state, record);
+  writeState(state);
+  mark('gateway', since);
+  return timings.join(', ');
+}
+
+async function startControlPlane(state: ClusterState, safekeepers: string[], record: (name: string, pid: number) => void): Promise<void> {
   const controlPlaneLog = path.join(logDir, 'control-plane.log');
   const controlPlaneOffset = logSize(controlPlaneLog);
   const controlPlane = launchComponent('control-plane', 'control-plane', [
@@ -323,12 +380,12 @@ async function start(state: ClusterState, started: number): Promise<string> {
     '--operator-token-file', operatorTokenFile,
     '--public-port', String(ports.gateway),
   ]);
-  state.pids['control-plane'] = controlPlane.pid;
+  record('control-plane', controlPlane.pid);
   writeState(state);
   recordMetrics(state, 'control-plane', await waitForLog(controlPlaneLog, controlPlaneOffset, 'control plane ready', controlPlane.pid));
-  mark('control plane', since);
+}
 
-  since = performance.now();
+async function startGateway(state: ClusterState, record: (name: string, pid: number) => void): Promise<void> {
   const certificates = await ensureLocalCertificates(tlsDir, { domain: 'localhost' });
   const gatewayLog = path.join(logDir, 'gateway.log');
   const gatewayOffset = logSize(gatewayLog);
@@ -340,12 +397,9 @@ async function start(state: ClusterState, started: number): Promise<string> {
     '--tls-cert', certificates.certFile,
     '--tls-key', certificates.keyFile,
   ]);
-  state.pids.gateway = gateway.pid;
+  record('gateway', gateway.pid);
   writeState(state);
   recordMetrics(state, 'gateway', await waitForLog(gatewayLog, gatewayOffset, 'gateway ready', gateway.pid));
-  writeState(state);
-  mark('gateway', since);
-  return timings.join(', ');
 }
 
 /**

@@ -4,7 +4,7 @@
  * change anything. CreateTenant takes the operator's token instead. Handlers get the result as `context.caller`.
  */
 import type { ServerMiddleware } from 'nice-grpc';
-import { ServerError, Status } from '../lib/grpc/errors.js';
+import { ClientError, ServerError, Status } from '../lib/grpc/errors.js';
 import type { ServerContextExtension } from '../lib/grpc/server.js';
 import { LAST_USED_RESOLUTION_MS, type Catalog } from './catalog.js';
 import { API_KEY_SECRET_PATTERN, API_KEY_SECRET_PREFIX } from './ids.js';
@@ -102,7 +102,8 @@ export function tenantCaller(caller: Caller): { tenantId: string; keyId: string;
 
 /** Whether an error is Redis being unreachable (the client's reconnect gave up on this command). */
 function isRedisUnavailable(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
+  // An error that already carries a status (a safekeeper or compute refusing, words and all) is not Redis'.
+  if (!(error instanceof Error) || error instanceof ServerError || error instanceof ClientError) return false;
   return (
     error.name === 'MaxRetriesPerRequestError' ||
     /Connection is closed|ECONNREFUSED|ECONNRESET|Stream isn't writeable|LOADING/.test(error.message)

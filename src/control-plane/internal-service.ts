@@ -12,7 +12,7 @@ import type { Catalog } from './catalog.js';
 import type { WriterLease, WriterLeases } from './leases.js';
 import type { ServerContextExtension } from '../lib/grpc/server.js';
 import { ComputeStateChange, PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
-import { wakeFailure, type EndpointLifecycle, requireLifecycle } from './lifecycle.js';
+import { type EndpointLifecycle, requireLifecycle } from './lifecycle.js';
 import { endpointStateMessage, idArgument, type EndpointRecord } from './model.js';
 
 function later(method: string, slice: string): () => Promise<never> {
@@ -97,15 +97,19 @@ export function controlPlaneInternalService(options: InternalServiceOptions): Co
       const lifecycle = lifecycleOrUnavailable('WakeEndpoint');
       const endpointId = (await endpointOf(request.endpointId)).endpointId;
       const until = Date.now() + WAKE_TIMEOUT_MS;
+      // A FAILED endpoint is started again once per wake (a connection is a request to run it); if that start
+      // fails too, the caller hears why, with the failure's status.
+      let failedRestarted = false;
       for (;;) {
         // A suspend in progress ends first; a start in progress is waited for.
         let endpoint = await lifecycle.waitWhile(endpointId, ['suspending', 'starting', 'handoff'], until - Date.now(), context.signal);
-        if (endpoint.state === 'stopped') {
+        if (endpoint.state === 'stopped' || (endpoint.state === 'failed' && !failedRestarted)) {
+          if (endpoint.state === 'failed') failedRestarted = true;
           await lifecycle.start(endpoint, 'WakeEndpoint');
           endpoint = await lifecycle.waitWhile(endpointId, ['starting'], until - Date.now(), context.signal);
         }
         if (endpoint.state === 'running') return { route: routeMessage(endpoint) };
-        if (endpoint.state !== 'stopped' || Date.now() >= until || context.signal.aborted) throw wakeFailure(endpoint);
+        if (endpoint.state !== 'stopped' || Date.now() >= until || context.signal.aborted) throw lifecycle.wakeFailure(endpoint);
       }
     },
     async getRoleVerifier(request) {

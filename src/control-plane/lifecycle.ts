@@ -5,13 +5,16 @@
  * current one), so two concurrent starts produce exactly one compute: only the caller whose transition to STARTING
  * applied goes on to provision.
  *
- * A start: STOPPED/FAILED → STARTING (a new compute id `cp-…` recorded first), the timeline created on every
- * safekeeper (ALREADY_EXISTS is fine) and its WAL source set on the pageserver, any other compute still holding the
+ * A start: STOPPED/FAILED → STARTING (a new compute id `cp-…` recorded first), the timeline on a majority of the
+ * safekeepers (timeline-replicas.ts; the others get it from its reconciler) and its WAL source set on the pageserver, any other compute still holding the
  * timeline's lease killed and its lease released (the endpoint wants only its current compute), a writer lease
  * acquired for the compute (a new, higher term), EnsureCompute on the provisioner with the spec, then RUNNING with
  * the Postgres address once the agent reports STARTED or the provisioner reports the compute RUNNING. A stop: RUNNING
- * → SUSPENDING, StopCompute (graceful), the lease released with the final LSN, STOPPED. A failed start records
- * FAILED with the reason, kills what was started and releases the lease.
+ * → SUSPENDING, StopCompute (graceful; a kill when that fails), the lease released with the final LSN, STOPPED. A
+ * failed start records FAILED with the reason (the failing step, and its cause's gRPC status and words), kills what
+ * was started and releases the lease; unless the failure is one the same start meets again (a spec refused), the
+ * reconciler retries it with backoff, and a wake retries it at once. A stop that fails stays SUSPENDING, naming the
+ * failure, and is retried until its compute is gone and its lease released: never a compute or lease left unnoticed.
  *
  * Every step of a start is idempotent for the same compute id (the lease of the same compute is answered again,
  * EnsureCompute with the same spec is answered unchanged), so the reconciler resumes a STARTING endpoint that no
@@ -40,6 +43,7 @@ import type { Catalog } from './catalog.js';
 import { newId } from './ids.js';
 import type { WriterLeases } from './leases.js';
 import type { EndpointRecord, EndpointStateName } from './model.js';
+import { TimelineReplicas } from './timeline-replicas.js';
 
 /** A role as a compute is given it. */
 export interface RoleVerifierSpec {
@@ -70,6 +74,12 @@ export interface EndpointLifecycleOptions {
   reconcileIntervalMs?: number;
   /** Activity reports older than this are not trusted to suspend an endpoint (default 60 s). */
   activityStaleMs?: number;
+  /** The first wait before a failed start or stop is retried (default 2 s); it doubles up to `retryMaxMs`. */
+  retryInitialMs?: number;
+  /** The longest wait between retries (default 60 s). */
+  retryMaxMs?: number;
+  /** How often the safekeepers' copies of every timeline are checked and repaired (default 5 s). */
+  safekeeperCheckIntervalMs?: number;
   now?: () => number;
 }
 
@@ -81,11 +91,39 @@ const DEFAULT_ACTIVITY_STALE_MS = 60_000;
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 const transitionsTotal = counter('spg99_control_plane_endpoint_transitions_total', 'Endpoint state changes made by the lifecycle', ['to']);
+const retriesTotal = counter('spg99_control_plane_endpoint_retries_total', 'Failed starts and stops retried by the reconciler', ['operation']);
 const replacementsTotal = counter('spg99_control_plane_compute_replacements_total', 'Computes replaced under a higher term', ['cause']);
 const endpointsGauge = gauge('spg99_control_plane_endpoints', 'Endpoints by state, as the reconciler last saw them', ['state']);
 
 function message(error: unknown): string {
+  if (error instanceof ClientError) return `${Status[error.code]}: ${error.details}`;
+  if (error instanceof ServerError) return `${Status[error.code]}: ${error.details}`;
   return error instanceof Error ? error.message : String(error);
+}
+
+/** The gRPC status an error carries; UNAVAILABLE for one without (a timeout, a compute that died while starting). */
+function statusOf(error: unknown): Status {
+  if (error instanceof ClientError || error instanceof ServerError) return error.code;
+  return Status.UNAVAILABLE;
+}
+
+/** A step of a start failed: the step named, the cause's status and words kept. */
+function stepFailed(step: string, error: unknown): ServerError {
+  return new ServerError(statusOf(error), `${step}: ${message(error)}`);
+}
+
+/**
+ * Failures that the same start will meet again (a spec a component refuses, a missing resource): not retried by the
+ * reconciler. Everything else (a component down or slow, a compute that crashed) is retried with backoff.
+ */
+const PERMANENT_FAILURES = new Set([Status.INVALID_ARGUMENT, Status.FAILED_PRECONDITION, Status.NOT_FOUND, Status.PERMISSION_DENIED, Status.UNAUTHENTICATED, Status.UNIMPLEMENTED]);
+
+/** How the last failed start or stop of an endpoint went, and when the reconciler tries again. */
+interface RetryState {
+  attempts: number;
+  nextAttemptAt: number;
+  code: Status;
+  permanent: boolean;
 }
 
 function seconds(ms: number): string {
@@ -107,6 +145,12 @@ export class EndpointLifecycle {
   /** Endpoint ids, emitted when this process changed their state. */
   private readonly changes = new EventEmitter();
   private controlPlaneAddress: string;
+  /** Endpoints whose last start or stop failed (kept in memory: after a restart each gets one retry at once). */
+  private readonly retries = new Map<string, RetryState>();
+  private readonly retryInitialMs: number;
+  private readonly retryMaxMs: number;
+  /** The timelines' copies on the safekeepers: created on a majority, repaired in the background. */
+  readonly replicas: TimelineReplicas;
 
   constructor(private readonly options: EndpointLifecycleOptions) {
     this.now = options.now ?? Date.now;
@@ -115,6 +159,43 @@ export class EndpointLifecycle {
     this.activityStaleMs = options.activityStaleMs ?? DEFAULT_ACTIVITY_STALE_MS;
     this.controlPlaneAddress = options.controlPlaneAddress;
     this.graceUntil = Date.now() + options.leaseTtlMs;
+    this.retryInitialMs = options.retryInitialMs ?? 2_000;
+    this.retryMaxMs = options.retryMaxMs ?? 60_000;
+    this.replicas = new TimelineReplicas({
+      catalog: options.catalog,
+      leases: options.leases,
+      safekeepers: options.safekeepers,
+      pageserver: options.pageserver,
+      log: options.log,
+      intervalMs: options.safekeeperCheckIntervalMs,
+    });
+  }
+
+  /** Records a failed start or stop: when it is retried, and whether at all. */
+  private recordFailure(endpointId: string, error: unknown, options: { retryable?: boolean } = {}): RetryState {
+    const previous = this.retries.get(endpointId);
+    const attempts = (previous?.attempts ?? 0) + 1;
+    const code = statusOf(error);
+    const waitMs = Math.min(this.retryMaxMs, this.retryInitialMs * 2 ** (attempts - 1));
+    const state = { attempts, nextAttemptAt: Date.now() + waitMs, code, permanent: !options.retryable && PERMANENT_FAILURES.has(code) };
+    this.retries.set(endpointId, state);
+    return state;
+  }
+
+  /**
+   * The answer to a wake that did not end RUNNING: a FAILED endpoint answers with its failure's status (UNAVAILABLE
+   * while the reconciler retries it, so clients retry too), anything else UNAVAILABLE.
+   */
+  wakeFailure(endpoint: EndpointRecord): Error {
+    if (endpoint.state === 'failed') {
+      const retry = this.retries.get(endpoint.endpointId);
+      if (retry && retry.permanent) {
+        return new ServerError(retry.code, `endpoint ${endpoint.endpointId} FAILED: ${endpoint.stateReason}; fix the cause and start it again (StartEndpoint or a new connection)`);
+      }
+      const inSeconds = retry ? Math.max(0, Math.ceil((retry.nextAttemptAt - Date.now()) / 1000)) : 0;
+      return unavailable(`endpoint ${endpoint.endpointId} FAILED: ${endpoint.stateReason}; it is retried automatically (next attempt in ${inSeconds}s): connect again`);
+    }
+    return wakeFailure(endpoint);
   }
 
   /** Sets the address computes reach this control plane at (known once it listens). */
@@ -148,6 +229,9 @@ export class EndpointLifecycle {
    * unchanged; FAILED_PRECONDITION while it is SUSPENDING.
    */
   async start(endpoint: EndpointRecord, reason: string): Promise<EndpointRecord> {
+    // A FAILED endpoint's last compute must be gone before another one starts (its failed start may not have
+    // reached the provisioner to kill it).
+    if (endpoint.state === 'failed') await this.cleanUpFailed(endpoint);
     const computeId = newId('compute');
     const outcome = await this.options.catalog.transitionEndpoint(endpoint.endpointId, ['stopped', 'failed'], {
       state: 'starting',
@@ -186,7 +270,9 @@ export class EndpointLifecycle {
     }
     const current = outcome.endpoint;
     if (current.state === 'failed') {
-      // A failed start already killed its compute and released its lease.
+      // A failed start tried to kill its compute and release its lease; make sure, or say why not.
+      await this.cleanUpFailed(current);
+      this.retries.delete(endpoint.endpointId);
       const stopped = await catalog.transitionEndpoint(endpoint.endpointId, ['failed'], {
         state: 'stopped',
         stateReason: `${reason} (after: ${current.stateReason})`,
@@ -264,6 +350,7 @@ export class EndpointLifecycle {
     );
     if (outcome?.applied) {
       transitionsTotal.inc({ to: 'running' });
+      this.retries.delete(endpointId);
       this.changed(endpointId);
       this.options.log.info({ endpointId, computeId, postgresAddress }, 'endpoint running (reported by its agent)');
     }
@@ -335,6 +422,7 @@ export class EndpointLifecycle {
   /** Starts the reconciler loop (resumes interrupted starts and stops, suspends idle endpoints, replaces dead computes). */
   startReconciler(): void {
     if (this.reconciler) return;
+    this.replicas.start();
     const controller = new AbortController();
     const loop = (async () => {
       while (!controller.signal.aborted) {
@@ -364,6 +452,7 @@ export class EndpointLifecycle {
 
   /** Stops the reconciler (the work it began keeps running; {@link settle} waits for it). */
   async stopReconciler(): Promise<void> {
+    await this.replicas.stop();
     await this.reconciler?.stop();
     this.reconciler = null;
   }
@@ -394,10 +483,28 @@ export class EndpointLifecycle {
         this.options.log.info({ endpointId, computeId }, 'resuming an interrupted start');
         this.drive(endpointId, () => this.runStart(endpoint, computeId));
         return;
-      case 'suspending':
-        this.options.log.info({ endpointId, computeId }, 'resuming an interrupted stop');
+      case 'suspending': {
+        const retry = this.retries.get(endpointId);
+        if (retry && Date.now() < retry.nextAttemptAt) return;
+        if (retry) retriesTotal.inc({ operation: 'stop' });
+        this.options.log.info({ endpointId, computeId, attempt: (retry?.attempts ?? 0) + 1 }, retry ? 'retrying a failed stop' : 'resuming an interrupted stop');
         this.drive(endpointId, () => this.runStop(endpoint));
         return;
+      }
+      case 'failed': {
+        const retry = this.retries.get(endpointId);
+        if (retry && (retry.permanent || Date.now() < retry.nextAttemptAt)) return;
+        retriesTotal.inc({ operation: 'start' });
+        this.options.log.info({ endpointId, attempt: (retry?.attempts ?? 0) + 1, after: endpoint.stateReason }, 'retrying a failed start');
+        try {
+          await this.start(endpoint, 'retry after a failed start');
+        } catch (error) {
+          // Its last compute could not be made sure gone (the provisioner is unreachable): tried again later.
+          const next = this.recordFailure(endpointId, error, { retryable: true });
+          this.options.log.warn({ endpointId, err: error, attempt: next.attempts }, 'could not retry a failed start; trying again later');
+        }
+        return;
+      }
       case 'running':
         await this.checkRunning(endpoint);
         return;
@@ -448,22 +555,25 @@ export class EndpointLifecycle {
     let term: bigint | null = null;
     try {
       const safekeeperAddresses = this.options.safekeepers.map((node) => node.address);
-      await Promise.all(
-        this.options.safekeepers.map(async (node) => {
-          try {
-            await node.client.createTimeline({ timelineId }, this.deadline());
-          } catch (error) {
-            if (!hasStatus(error, Status.ALREADY_EXISTS)) throw new Error(`creating the timeline on safekeeper ${node.address}: ${message(error)}`);
-          }
-        }),
-      );
+      // A majority is enough: a safekeeper that is down gets the timeline from the reconciler when it returns.
+      try {
+        await this.replicas.ensureOnMajority(timelineId, (await leases.get(timelineId)).latestTerm > 0n);
+      } catch (error) {
+        throw stepFailed('creating the timeline on the safekeepers', error);
+      }
       try {
         await this.options.pageserver.setWalSource({ timelineId, safekeeperAddresses }, this.deadline());
       } catch (error) {
-        throw new Error(`setting the WAL source on the pageserver: ${message(error)}`);
+        throw stepFailed('setting the WAL source on the pageserver', error);
       }
       await this.displaceOtherWriter(endpointId, timelineId, computeId);
-      const { lease } = await leases.acquire({ timelineId, computeId, ttlMs: this.options.leaseTtlMs });
+      let lease;
+      try {
+        ({ lease } = await leases.acquire({ timelineId, computeId, ttlMs: this.options.leaseTtlMs }));
+      } catch (error) {
+        // Another writer's lease still running out is worth waiting for, like Redis coming back.
+        throw new ServerError(hasStatus(error, Status.INVALID_ARGUMENT) ? Status.INVALID_ARGUMENT : Status.UNAVAILABLE, `acquiring the writer lease: ${message(error)}`);
+      }
       term = lease.term;
       const leased = await catalog.transitionEndpoint(
         endpointId,
@@ -484,7 +594,11 @@ export class EndpointLifecycle {
         pgSettings: {},
         roles: roles.map((role) => ({ roleName: role.name, scramVerifier: role.scramVerifier })),
       };
-      await this.options.provisioner.ensureCompute({ computeId, spec }, this.deadline());
+      try {
+        await this.options.provisioner.ensureCompute({ computeId, spec }, this.deadline());
+      } catch (error) {
+        throw stepFailed('asking the provisioner for the compute', error);
+      }
       const started = Date.now();
       let postgresAddress = '';
       for (;;) {
@@ -494,7 +608,12 @@ export class EndpointLifecycle {
         }
         // The agent's STARTED report got there first.
         if (current.state === 'running') return;
-        const { compute } = await this.options.provisioner.describeCompute({ computeId }, this.deadline());
+        let compute;
+        try {
+          ({ compute } = await this.options.provisioner.describeCompute({ computeId }, this.deadline()));
+        } catch (error) {
+          throw stepFailed('asking the provisioner how the compute is', error);
+        }
         if (compute?.state === ComputeState.COMPUTE_STATE_RUNNING && compute.postgresAddress) {
           postgresAddress = compute.postgresAddress;
           break;
@@ -515,11 +634,15 @@ export class EndpointLifecycle {
         throw new Error('the endpoint no longer wants this compute');
       }
       if (done.applied) transitionsTotal.inc({ to: 'running' });
+      this.retries.delete(endpointId);
       this.changed(endpointId);
       log.info({ endpointId, computeId, term: String(term), postgresAddress }, 'endpoint running');
     } catch (error) {
-      const reason = `start of compute ${computeId} failed: ${message(error)}`;
-      log.warn({ endpointId, computeId, err: error }, 'endpoint start failed');
+      const retry = this.recordFailure(endpointId, error);
+      const reason =
+        `start of compute ${computeId} failed: ${message(error)}` +
+        (retry.permanent ? '' : ` (attempt ${retry.attempts}; retried in ${seconds(retry.nextAttemptAt - Date.now())})`);
+      log.warn({ endpointId, computeId, err: error, attempt: retry.attempts, retried: !retry.permanent }, 'endpoint start failed');
       // Also when this process did not ensure it: a start resumed after a restart may find it ensured before.
       {
         await this.options.provisioner.stopCompute({ computeId, mode: StopMode.STOP_MODE_KILL }, this.deadline()).catch((stopError: unknown) => {
@@ -538,6 +661,8 @@ export class EndpointLifecycle {
           return null;
         });
       if (failed?.applied) transitionsTotal.inc({ to: 'failed' });
+      // The endpoint moved on (a newer start, a stop): this failure is not its state, nothing to retry.
+      else this.retries.delete(endpointId);
       this.changed(endpointId);
     }
   }
@@ -561,6 +686,24 @@ export class EndpointLifecycle {
     await leases.release({ timelineId, computeId: lease.computeId, term: lease.term });
   }
 
+  /**
+   * Makes sure a FAILED endpoint's last compute is gone and holds no lease: the failed start tried, but the
+   * provisioner or Redis may have been unreachable then. Throws (UNAVAILABLE) when that cannot be made sure now.
+   */
+  private async cleanUpFailed(endpoint: EndpointRecord): Promise<void> {
+    const { currentComputeId: computeId, branchId: timelineId } = endpoint;
+    if (!computeId) return;
+    try {
+      await this.options.provisioner.stopCompute({ computeId, mode: StopMode.STOP_MODE_KILL }, this.deadline());
+    } catch (error) {
+      if (!hasStatus(error, Status.NOT_FOUND)) throw stepFailed(`making sure compute ${computeId} of the failed endpoint ${endpoint.endpointId} is gone`, error);
+    }
+    const { lease } = await this.options.leases.get(timelineId);
+    if (lease && lease.computeId === computeId && lease.releasedAt === null) {
+      await this.options.leases.release({ timelineId, computeId, term: lease.term });
+    }
+  }
+
   private async runStop(endpoint: EndpointRecord): Promise<void> {
     const { catalog, leases, log } = this.options;
     const { endpointId, branchId: timelineId, currentComputeId: computeId, writerTerm: term } = endpoint;
@@ -571,9 +714,23 @@ export class EndpointLifecycle {
         finalLsn = stopped.finalLsn;
       } catch (error) {
         // A compute the provisioner no longer knows is stopped.
-        if (!hasStatus(error, Status.NOT_FOUND)) throw error;
+        if (!hasStatus(error, Status.NOT_FOUND)) {
+          // A compute that will not stop cleanly is killed: its committed WAL is on a majority of safekeepers already.
+          log.warn({ endpointId, computeId, err: error }, 'graceful stop failed; killing the compute');
+          try {
+            await this.options.provisioner.stopCompute({ computeId, mode: StopMode.STOP_MODE_KILL }, this.deadline());
+          } catch (killError) {
+            if (!hasStatus(killError, Status.NOT_FOUND)) throw stepFailed(`stopping compute ${computeId} (graceful: ${message(error)}; kill)`, killError);
+          }
+        }
       }
-      if (term > 0n) await leases.release({ timelineId, computeId, term, finalLsn: finalLsn > 0n ? finalLsn : undefined });
+      if (term > 0n) {
+        try {
+          await leases.release({ timelineId, computeId, term, finalLsn: finalLsn > 0n ? finalLsn : undefined });
+        } catch (error) {
+          throw stepFailed(`releasing the writer lease of term ${term}`, error);
+        }
+      }
       const stopped = await catalog.transitionEndpoint(
         endpointId,
         ['suspending'],
@@ -587,22 +744,29 @@ export class EndpointLifecycle {
         computeId,
       );
       if (stopped?.applied) transitionsTotal.inc({ to: 'stopped' });
+      this.retries.delete(endpointId);
       this.changed(endpointId);
       log.info({ endpointId, computeId, finalLsn: formatLsn(finalLsn) }, 'endpoint stopped');
     } catch (error) {
-      log.warn({ endpointId, computeId, err: error }, 'endpoint stop failed');
-      const failed = await catalog
+      // The endpoint stays SUSPENDING, its compute and lease recorded, and the reconciler retries the stop with
+      // backoff: a stop that failed never leaves a compute running or a lease held without anyone knowing.
+      const retry = this.recordFailure(endpointId, error);
+      log.warn({ endpointId, computeId, err: error, attempt: retry.attempts }, 'endpoint stop failed; retrying');
+      await catalog
         .transitionEndpoint(
           endpointId,
           ['suspending'],
-          { state: 'failed', stateReason: `stop of compute ${computeId} failed: ${message(error)}`, stateChangedAt: this.now(), postgresAddress: '' },
+          {
+            state: 'suspending',
+            stateReason: `${endpoint.stateReason.replace(/ \(stop of compute .*$/, '')} (stop of compute ${computeId} failed: ${message(error)}; attempt ${retry.attempts}, retried in ${seconds(retry.nextAttemptAt - Date.now())})`,
+            stateChangedAt: this.now(),
+          },
           computeId,
         )
         .catch((recordError: unknown) => {
           log.error({ endpointId, err: recordError }, 'could not record a failed stop');
-          return null;
         });
-      if (failed?.applied) transitionsTotal.inc({ to: 'failed' });
+      this.changed(endpointId);
     }
   }
 }

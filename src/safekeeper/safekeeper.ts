@@ -1,15 +1,19 @@
 /**
  * A safekeeper's timelines on disk, under `<dataDir>/timelines/<timeline id>/`.
  */
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../lib/log.js';
 import { gauge } from '../lib/metrics.js';
-import { alreadyExists, notFound } from '../lib/grpc/errors.js';
+import { formatLsn } from '../lib/lsn.js';
+import { alreadyExists, notFound, unavailable } from '../lib/grpc/errors.js';
 import { Timeline } from './timeline.js';
 import { controlStateExists } from './control-file.js';
 import type { Repair } from './wal-store.js';
 import { TIMELINE_ID_PATTERN } from './model.js';
+import { PULL_DIRECTORY_PREFIX, syncDirectory } from './timeline-pull.js';
+import type { TimelineSnapshot } from './timeline.js';
 
 const flushLsnGauge = gauge('spg99_safekeeper_flush_lsn', 'End of WAL fsynced, per timeline', ['timeline_id']);
 const commitLsnGauge = gauge('spg99_safekeeper_commit_lsn', 'Commit LSN known, per timeline', ['timeline_id']);
@@ -32,6 +36,11 @@ export class Safekeeper {
     const root = path.join(dataDir, 'timelines');
     await fsp.mkdir(root, { recursive: true });
     for (const name of await fsp.readdir(root)) {
+      if (name.startsWith(PULL_DIRECTORY_PREFIX)) {
+        // A pull that a crash interrupted (never renamed into place), or a copy it replaced: neither is a timeline.
+        await fsp.rm(path.join(root, name), { recursive: true, force: true });
+        continue;
+      }
       if (!TIMELINE_ID_PATTERN.test(name)) continue;
       const directory = path.join(root, name);
       if (!controlStateExists(directory)) {
@@ -80,6 +89,48 @@ export class Safekeeper {
       const timeline = await creation;
       this.timelines.set(timelineId, timeline);
       this.log.info({ timelineId }, 'timeline created');
+      return timeline;
+    } finally {
+      this.creating.delete(timelineId);
+    }
+  }
+
+  /** The timeline, or undefined. */
+  find(timelineId: string): Timeline | undefined {
+    return this.timelines.get(timelineId);
+  }
+
+  /**
+   * Puts a timeline pulled from peers (src/safekeeper/timeline-pull.ts) in place of the local copy, if any: `install`
+   * sees the local copy's state and answers the complete directory to rename into place. Between `install` and the
+   * rename nothing yields to the event loop, so no vote is lost between the two.
+   */
+  async replace(timelineId: string, install: (existing: TimelineSnapshot | undefined) => string): Promise<Timeline> {
+    if (this.creating.has(timelineId)) throw unavailable(`timeline ${timelineId} is being created on this safekeeper; retry`);
+    const root = path.join(this.dataDir, 'timelines');
+    const directory = path.join(root, timelineId);
+    const existing = this.timelines.get(timelineId);
+    const source = install(existing?.snapshot());
+    if (existing) {
+      // Its streams end (UNAVAILABLE: the proposer reconnects and finds the new copy), then its directory goes.
+      existing.close();
+      this.timelines.delete(timelineId);
+      const retired = path.join(root, `${PULL_DIRECTORY_PREFIX}replaced-${timelineId}-${Date.now()}`);
+      fs.renameSync(directory, retired);
+      fs.renameSync(source, directory);
+      syncDirectory(root);
+      fs.rmSync(retired, { recursive: true, force: true });
+    } else {
+      fs.renameSync(source, directory);
+      syncDirectory(root);
+    }
+    const loading = Timeline.load(directory, []);
+    // A CreateTimeline while it loads answers ALREADY_EXISTS instead of writing an empty state over it.
+    this.creating.set(timelineId, loading);
+    try {
+      const timeline = await loading;
+      this.timelines.set(timelineId, timeline);
+      this.log.info({ timelineId, flushLsn: formatLsn(timeline.flushLsn) }, 'timeline installed from peers');
       return timeline;
     } finally {
       this.creating.delete(timelineId);

@@ -3,12 +3,13 @@
  */
 import type { SafekeeperServiceImplementation, AppendRequest, AppendResponse, StreamWalResponse } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import type { ServerContext, ServerContextExtension } from '../lib/grpc/server.js';
-import { failedPrecondition, invalidArgument, notFound } from '../lib/grpc/errors.js';
+import { failedPrecondition, invalidArgument, notFound, unavailable } from '../lib/grpc/errors.js';
 import { AsyncQueue } from '../lib/async.js';
 import { counter, histogram } from '../lib/metrics.js';
 import { formatLsn, type Lsn } from '../lib/lsn.js';
 import type { Safekeeper } from './safekeeper.js';
 import type { AppendSession } from './timeline.js';
+import { pullTimeline } from './timeline-pull.js';
 import { parseProposerId, parseTerm, parseTermHistory, parseTimelineId, toTimelineStatus } from './model.js';
 
 /** The largest WAL payload one Append or StreamWal message carries. */
@@ -139,6 +140,8 @@ export function safekeeperService(
       let lastSent = Date.now();
       for (;;) {
         if (timeline.isDeleted) throw notFound(`timeline ${timeline.timelineId} was deleted`);
+        // A pull replaced this copy (timeline-pull.ts): the reader reconnects to the new one.
+        if (safekeeper.find(timeline.timelineId) !== timeline) throw unavailable(`timeline ${timeline.timelineId} was replaced by a copy pulled from the peers; reconnect`);
         if (endLsn !== 0n && position >= endLsn) return;
         // A consumer's progress report may have removed WAL this (slower) stream still needed.
         if (position < timeline.oldestLsn) throw walRemoved(position, timeline.oldestLsn);
@@ -162,6 +165,17 @@ export function safekeeperService(
         }
         await timeline.changed.wait(context.signal, 1000);
       }
+    },
+
+    async pullTimeline(request, context) {
+      const timelineId = parseTimelineId(request.timelineId);
+      const outcome = await pullTimeline(
+        { dataDir: safekeeper.dataDir, find: (id) => safekeeper.find(id), replace: (id, install) => safekeeper.replace(id, install) },
+        { timelineId, peerAddresses: request.peerAddresses, startLsn: request.startLsn },
+        context.log,
+        context.signal,
+      );
+      return { status: toTimelineStatus(outcome.timeline.snapshot()), donorAddress: outcome.donorAddress, copiedBytes: outcome.copiedBytes };
     },
 
     async reportConsumerProgress(request) {

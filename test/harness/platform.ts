@@ -46,6 +46,8 @@ export interface GatewayPlatformOptions {
   /** Accept clients without TLS (default true). */
   allowPlaintext?: boolean;
   controlPlaneArgs?: string[];
+  /** Runs on the platform before the project is created (e.g. to stop a safekeeper first). */
+  beforeProject?: (platform: Platform) => Promise<void>;
 }
 
 /**
@@ -55,6 +57,7 @@ export interface GatewayPlatformOptions {
 export async function startGatewayPlatform(harness: Harness, options: GatewayPlatformOptions = {}) {
   const platform = await startPlatform(harness, { controlPlaneArgs: options.controlPlaneArgs });
   const { controlPlane } = platform;
+  await options.beforeProject?.(platform);
   const gateway = await GatewayNode.start(harness, { controlPlane: controlPlane.address, allowPlaintext: options.allowPlaintext, args: options.gatewayArgs });
   const created = await controlPlane.operator().createTenant({ name: 'acme' });
   const api = controlPlane.client(created.apiKeySecret);
@@ -65,4 +68,17 @@ export async function startGatewayPlatform(harness: Harness, options: GatewayPla
   const endpointId = project.defaultEndpoint!.endpointId;
   const owner = { user: project.defaultRole!.name, password: project.defaultRolePassword };
   return { ...platform, platform, gateway, api, project, endpointId, owner };
+}
+
+/**
+ * The value of a sample in the control plane's /metrics (`name{labels}` with the labels as Prometheus prints them,
+ * e.g. `timeline_id="tl-…"`), or undefined when it has none.
+ */
+export async function controlPlaneMetric(platform: Platform, name: string, labels = ''): Promise<number | undefined> {
+  const port = Number(platform.controlPlane.readyLine.metricsPort);
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(10_000) });
+  if (!response.ok) throw new Error(`the control plane's /metrics answered HTTP ${response.status}`);
+  const prefix = labels ? `${name}{${labels}} ` : `${name} `;
+  const line = (await response.text()).split('\n').find((candidate) => candidate.startsWith(prefix));
+  return line === undefined ? undefined : Number(line.slice(prefix.length));
 }

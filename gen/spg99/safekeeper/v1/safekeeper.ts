@@ -161,6 +161,27 @@ export interface ReportConsumerProgressResponse {
   status?: TimelineStatus | undefined;
 }
 
+export interface PullTimelineRequest {
+  timelineId: string;
+  /** host:port of every other safekeeper of the timeline. */
+  peerAddresses: string[];
+  /**
+   * Where the copied WAL should begin at the latest (rounded down to its segment); typically what the pageserver has
+   * made durable in object storage. 0: the oldest WAL the chosen peer holds.
+   */
+  startLsn: bigint;
+}
+
+export interface PullTimelineResponse {
+  status?:
+    | TimelineStatus
+    | undefined;
+  /** The peer the WAL was copied from. */
+  donorAddress: string;
+  /** WAL bytes copied. */
+  copiedBytes: bigint;
+}
+
 function createBaseTermSwitch(): TermSwitch {
   return { term: 0n, startLsn: 0n };
 }
@@ -2300,6 +2321,238 @@ export const ReportConsumerProgressResponse: MessageFns<ReportConsumerProgressRe
   },
 };
 
+function createBasePullTimelineRequest(): PullTimelineRequest {
+  return { timelineId: "", peerAddresses: [], startLsn: 0n };
+}
+
+export const PullTimelineRequest: MessageFns<PullTimelineRequest> = {
+  encode(message: PullTimelineRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.timelineId !== "") {
+      writer.uint32(10).string(message.timelineId);
+    }
+    for (const v of message.peerAddresses) {
+      writer.uint32(18).string(v!);
+    }
+    if (message.startLsn !== 0n) {
+      if (BigInt.asUintN(64, message.startLsn) !== message.startLsn) {
+        throw new globalThis.Error("value provided for field message.startLsn of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.startLsn);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PullTimelineRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePullTimelineRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.timelineId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.peerAddresses.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.startLsn = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PullTimelineRequest {
+    return {
+      timelineId: isSet(object.timelineId)
+        ? globalThis.String(object.timelineId)
+        : isSet(object.timeline_id)
+        ? globalThis.String(object.timeline_id)
+        : "",
+      peerAddresses: globalThis.Array.isArray(object?.peerAddresses)
+        ? object.peerAddresses.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.peer_addresses)
+        ? object.peer_addresses.map((e: any) => globalThis.String(e))
+        : [],
+      startLsn: isSet(object.startLsn)
+        ? BigInt(object.startLsn)
+        : isSet(object.start_lsn)
+        ? BigInt(object.start_lsn)
+        : 0n,
+    };
+  },
+
+  toJSON(message: PullTimelineRequest): unknown {
+    const obj: any = {};
+    if (message.timelineId !== "") {
+      obj.timelineId = message.timelineId;
+    }
+    if (message.peerAddresses?.length) {
+      obj.peerAddresses = message.peerAddresses;
+    }
+    if (message.startLsn !== 0n) {
+      obj.startLsn = message.startLsn.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PullTimelineRequest>): PullTimelineRequest {
+    return PullTimelineRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PullTimelineRequest>): PullTimelineRequest {
+    const message = createBasePullTimelineRequest();
+    message.timelineId = object.timelineId ?? "";
+    message.peerAddresses = object.peerAddresses?.map((e) => e) || [];
+    message.startLsn = (object.startLsn !== undefined && object.startLsn !== null) ? BigInt(object.startLsn) : 0n;
+    return message;
+  },
+};
+
+function createBasePullTimelineResponse(): PullTimelineResponse {
+  return { status: undefined, donorAddress: "", copiedBytes: 0n };
+}
+
+export const PullTimelineResponse: MessageFns<PullTimelineResponse> = {
+  encode(message: PullTimelineResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== undefined) {
+      TimelineStatus.encode(message.status, writer.uint32(10).fork()).join();
+    }
+    if (message.donorAddress !== "") {
+      writer.uint32(18).string(message.donorAddress);
+    }
+    if (message.copiedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.copiedBytes) !== message.copiedBytes) {
+        throw new globalThis.Error("value provided for field message.copiedBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.copiedBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PullTimelineResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePullTimelineResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.status = TimelineStatus.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.donorAddress = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.copiedBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PullTimelineResponse {
+    return {
+      status: isSet(object.status) ? TimelineStatus.fromJSON(object.status) : undefined,
+      donorAddress: isSet(object.donorAddress)
+        ? globalThis.String(object.donorAddress)
+        : isSet(object.donor_address)
+        ? globalThis.String(object.donor_address)
+        : "",
+      copiedBytes: isSet(object.copiedBytes)
+        ? BigInt(object.copiedBytes)
+        : isSet(object.copied_bytes)
+        ? BigInt(object.copied_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: PullTimelineResponse): unknown {
+    const obj: any = {};
+    if (message.status !== undefined) {
+      obj.status = TimelineStatus.toJSON(message.status);
+    }
+    if (message.donorAddress !== "") {
+      obj.donorAddress = message.donorAddress;
+    }
+    if (message.copiedBytes !== 0n) {
+      obj.copiedBytes = message.copiedBytes.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PullTimelineResponse>): PullTimelineResponse {
+    return PullTimelineResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PullTimelineResponse>): PullTimelineResponse {
+    const message = createBasePullTimelineResponse();
+    message.status = (object.status !== undefined && object.status !== null)
+      ? TimelineStatus.fromPartial(object.status)
+      : undefined;
+    message.donorAddress = object.donorAddress ?? "";
+    message.copiedBytes = (object.copiedBytes !== undefined && object.copiedBytes !== null)
+      ? BigInt(object.copiedBytes)
+      : 0n;
+    return message;
+  },
+};
+
 export type SafekeeperServiceDefinition = typeof SafekeeperServiceDefinition;
 export const SafekeeperServiceDefinition = {
   name: "SafekeeperService",
@@ -2391,6 +2644,23 @@ export const SafekeeperServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * Fills this safekeeper's copy of a timeline from its peers, when it has none (a safekeeper that missed the
+     * timeline, or lost its disk) or holds too little for a proposer to catch it up (it is behind the oldest WAL its
+     * peers still hold). It reads the state of the peers (at least a majority of the whole set must answer), adopts
+     * the highest promised term among them, and copies the committed WAL of the most advanced one from a recent
+     * segment (the segment of start_lsn, or the oldest the peer holds) rather than from the timeline's start. The
+     * timeline appears only once its WAL and state are fsynced. FAILED_PRECONDITION when the local copy can catch up
+     * by itself; UNAVAILABLE when too few peers answer.
+     */
+    pullTimeline: {
+      name: "PullTimeline",
+      requestType: PullTimelineRequest as typeof PullTimelineRequest,
+      requestStream: false,
+      responseType: PullTimelineResponse as typeof PullTimelineResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -2446,6 +2716,19 @@ export interface SafekeeperServiceImplementation<CallContextExt = {}> {
     request: ReportConsumerProgressRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<ReportConsumerProgressResponse>>;
+  /**
+   * Fills this safekeeper's copy of a timeline from its peers, when it has none (a safekeeper that missed the
+   * timeline, or lost its disk) or holds too little for a proposer to catch it up (it is behind the oldest WAL its
+   * peers still hold). It reads the state of the peers (at least a majority of the whole set must answer), adopts
+   * the highest promised term among them, and copies the committed WAL of the most advanced one from a recent
+   * segment (the segment of start_lsn, or the oldest the peer holds) rather than from the timeline's start. The
+   * timeline appears only once its WAL and state are fsynced. FAILED_PRECONDITION when the local copy can catch up
+   * by itself; UNAVAILABLE when too few peers answer.
+   */
+  pullTimeline(
+    request: PullTimelineRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<PullTimelineResponse>>;
 }
 
 export interface SafekeeperServiceClient<CallOptionsExt = {}> {
@@ -2500,6 +2783,19 @@ export interface SafekeeperServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ReportConsumerProgressRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<ReportConsumerProgressResponse>;
+  /**
+   * Fills this safekeeper's copy of a timeline from its peers, when it has none (a safekeeper that missed the
+   * timeline, or lost its disk) or holds too little for a proposer to catch it up (it is behind the oldest WAL its
+   * peers still hold). It reads the state of the peers (at least a majority of the whole set must answer), adopts
+   * the highest promised term among them, and copies the committed WAL of the most advanced one from a recent
+   * segment (the segment of start_lsn, or the oldest the peer holds) rather than from the timeline's start. The
+   * timeline appears only once its WAL and state are fsynced. FAILED_PRECONDITION when the local copy can catch up
+   * by itself; UNAVAILABLE when too few peers answer.
+   */
+  pullTimeline(
+    request: DeepPartial<PullTimelineRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<PullTimelineResponse>;
 }
 
 function bytesFromBase64(b64: string): Uint8Array {
