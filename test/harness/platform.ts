@@ -55,7 +55,7 @@ export interface GatewayPlatformOptions {
 export async function startGatewayPlatform(harness: Harness, options: GatewayPlatformOptions = {}) {
   const platform = await startPlatform(harness, { controlPlaneArgs: options.controlPlaneArgs });
   const { controlPlane } = platform;
-  const gateway = await GatewayNode.start(harness, { controlPlane: controlPlane.address, allowPlaintext: options.allowPlaintext, args: options.gatewayArgs });
+  const gateway = await GatewayNode.start(harness, { controlPlane: controlPlane.internalAddress, allowPlaintext: options.allowPlaintext, args: options.gatewayArgs });
   const created = await controlPlane.operator().createTenant({ name: 'acme' });
   const api = controlPlane.client(created.apiKeySecret);
   const project = await api.createProject({
