@@ -15,6 +15,7 @@ import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { openChannel } from '../../src/lib/grpc/client.js';
 import { CREDENTIAL_METADATA, SelfSigner } from '../../src/lib/grpc/credentials.js';
 import { pingRedis } from '../../src/lib/redis.js';
+import { postgresOsUser } from '../../src/lib/pg/os-user.js';
 import { AppendRequest, SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import { PageServiceDefinition, TimelineServiceDefinition, BasebackupMode } from '../../gen/spg99/pageserver/v1/pageserver.js';
 import { ProvisionerServiceDefinition } from '../../gen/spg99/provisioner/v1/provisioner.js';
@@ -65,14 +66,19 @@ async function framedAppend(address: string, frames: Buffer[]): Promise<{ code: 
   return { code: bytes.readUInt32BE(5), details: bytes.subarray(9, 4 + bytes.readUInt32BE(0)).toString('utf8') };
 }
 
-/** Every regular file and directory under `root` whose mode lets another OS user read or write it. */
+/**
+ * Every regular file and directory under `root` whose mode lets another OS user read or write it: bits for others,
+ * or for a group other than the platform's and its Postgres user's (WAL segments the replayer reads are 0640 to it).
+ */
 function exposedPaths(root: string): string[] {
   const exposed: string[] = [];
+  const trustedGroups = new Set([process.getgid?.(), postgresOsUser().gid]);
   const visit = (target: string) => {
     const stat = fs.lstatSync(target);
     if (stat.isSymbolicLink() || stat.isSocket() || stat.isFIFO()) return;
     // Directories may keep an execute bit for others (Postgres, another OS user, must traverse to its data directory).
-    if ((stat.mode & 0o066) !== 0) exposed.push(`${target} (${(stat.mode & 0o777).toString(8)})`);
+    const groupExposed = (stat.mode & 0o060) !== 0 && !trustedGroups.has(stat.gid);
+    if ((stat.mode & 0o006) !== 0 || groupExposed) exposed.push(`${target} (${(stat.mode & 0o777).toString(8)})`);
     if (stat.isDirectory()) for (const entry of fs.readdirSync(target)) visit(path.join(target, entry));
   };
   visit(root);
