@@ -4,6 +4,8 @@
  */
 import { buildServer } from '../src/lib/grpc/server.js';
 import { ConfigError, parseHostPort } from '../src/lib/config.js';
+import { identitySpec, setupIdentity } from '../src/lib/grpc/identity.js';
+import { HeldToken } from '../src/lib/grpc/credentials.js';
 import { TIMELINE_ID_PATTERN } from '../src/lib/ids.js';
 import { createLogger, newTraceId } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
@@ -40,6 +42,8 @@ const spec = {
   rolesFile: { kind: 'string', description: 'JSON file of the roles to create before the compute runs: [{"roleName", "scramVerifier"}]', default: '' },
   listen: { kind: 'string', description: 'gRPC address of the ComputeService (host:port; port 0 picks one)', default: '127.0.0.1:0' },
   metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint', default: '127.0.0.1:0' },
+  authTrustFile: identitySpec.authTrustFile,
+  credentialFile: { kind: 'string', description: 'file holding this compute\'s token (issued by the provisioner, scoped to its timeline; renewed with its lease)', default: '' },
 } as const;
 
 const COMPUTE_SERVICE = 'spg99.compute.v1.ComputeService';
@@ -72,6 +76,7 @@ await runComponent('agent', spec, async (config) => {
   } catch (error) {
     throw new ConfigError(`--roles-file: ${(error as Error).message}`);
   }
+  const identity = setupIdentity('compute', config);
   const traceId = newTraceId();
   const log = createLogger('agent', { computeId: config.computeId, timelineId: config.timelineId, ...(config.endpointId ? { endpointId: config.endpointId } : {}), traceId });
   const pgPort = config.pgPort === 0 ? await freePort() : config.pgPort;
@@ -102,9 +107,10 @@ await runComponent('agent', spec, async (config) => {
         postgresAddress: `127.0.0.1:${pgPort}`,
         log,
         traceId,
+        onCredential: (credential) => (identity.credential as HeldToken).replace(credential),
       })
     : null;
-  const { server, listen } = buildServer(log);
+  const { server, listen } = buildServer(log, { verifier: identity.verifier });
   server.add(ComputeServiceDefinition, computeService(compute, {
     computeId: config.computeId,
     timelineId: config.timelineId,

@@ -5,6 +5,9 @@
  */
 import { buildServer } from '../src/lib/grpc/server.js';
 import { ConfigError, parseHostPort } from '../src/lib/config.js';
+import { identitySpec, setupIdentity } from '../src/lib/grpc/identity.js';
+import { issueComputeToken } from '../src/lib/grpc/credentials.js';
+import { readRedisPassword } from '../src/lib/redis.js';
 import { createLogger } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
@@ -24,9 +27,15 @@ import { EndpointLifecycle } from '../src/control-plane/lifecycle.js';
 import { computeRoleApplier } from '../src/control-plane/compute-roles.js';
 
 const spec = {
-  listen: { kind: 'string', description: 'gRPC address to listen on (host:port; port 0 picks a free one)', default: '127.0.0.1:7700' },
+  listen: { kind: 'string', description: 'gRPC address of the public API (API keys; host:port; port 0 picks a free one)', default: '127.0.0.1:7700' },
+  internalListen: {
+    kind: 'string',
+    description: 'gRPC address of the internal service for agents, the gateway and the provisioner (service credentials; port 0 picks a free one)',
+    default: '127.0.0.1:7701',
+  },
   metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint (port 0 picks a free one)', default: '127.0.0.1:0' },
   redisUrl: { kind: 'string', description: 'the catalog\'s Redis: redis://host:port[/db], with the append-only file on', default: 'redis://127.0.0.1:6379' },
+  redisPasswordFile: { kind: 'string', description: 'file holding the Redis password (never on the command line); empty: Redis without a password', default: '' },
   pageserver: { kind: 'string', description: 'host:port of the pageserver that holds new timelines; empty: projects are recorded without one', default: '' },
   operatorTokenFile: {
     kind: 'string',
@@ -47,14 +56,16 @@ const spec = {
     max: 600,
   },
   reconcileIntervalMs: { kind: 'integer', description: 'how often the reconciler walks the endpoints (ms)', default: 1000, min: 50 },
-  advertise: { kind: 'string', description: 'host:port computes reach this control plane at; empty: the --listen address', default: '' },
+  advertise: { kind: 'string', description: 'host:port computes reach this control plane\'s internal service at; empty: the --internal-listen address', default: '' },
   publicPort: { kind: 'integer', description: 'the port users connect to (the gateway\'s), for connection strings', default: 5432, min: 1, max: 65535 },
   regions: { kind: 'list', description: 'regions projects may be created in, the default first', default: ['local'] as string[] },
   domain: { kind: 'string', description: 'DNS domain endpoints are reached under (ep-<id>.<domain>)', default: 'localhost' },
+  ...identitySpec,
 } as const;
 
 await runComponent('control-plane', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
+  const internalAddress = parseHostPort(config.internalListen, '--internal-listen');
   const metricsAddress = parseHostPort(config.metricsListen, '--metrics-listen');
   if (config.pageserver) parseHostPort(config.pageserver, '--pageserver');
   if (config.advertise) parseHostPort(config.advertise, '--advertise');
@@ -66,8 +77,10 @@ await runComponent('control-plane', spec, async (config) => {
     }
   }
   const operatorToken = config.operatorTokenFile ? readOperatorToken(config.operatorTokenFile) : null;
+  const identity = setupIdentity('control-plane', config);
+  const signingKey = identity.key!;
   const log = createLogger('control-plane');
-  const redis = await connectRedis(config.redisUrl, log);
+  const redis = await connectRedis(config.redisUrl, log, config.redisPasswordFile ? { password: readRedisPassword(config.redisPasswordFile) } : {});
   const catalog = await Catalog.open(redis);
   const pageserverChannel = config.pageserver ? openChannel(config.pageserver) : null;
   const pageserver = pageserverChannel ? createSpgClient(TimelineServiceDefinition, pageserverChannel) : null;
@@ -99,30 +112,43 @@ await runComponent('control-plane', spec, async (config) => {
       reconcileIntervalMs: config.reconcileIntervalMs,
     });
   }
-  const { server, listen } = buildServer(log);
-  server
+  // The public API (API keys, every tenant can reach it) and the internal service (service credentials) listen apart.
+  const publicServer = buildServer(log, 'public');
+  publicServer.server
     .with(catalogAvailabilityMiddleware)
     .with(authMiddleware({ catalog, operatorToken }))
     .add(ControlPlaneServiceDefinition, controlPlaneService({ catalog, pageserver, regions: config.regions, domain: config.domain, publicPort: config.publicPort, lifecycle }));
-  server
-    .with(catalogAvailabilityMiddleware)
-    .add(ControlPlaneInternalServiceDefinition, controlPlaneInternalService({ catalog, leases, safekeepers: config.safekeepers, pageserver: config.pageserver, lifecycle }));
-  const running = await listen(config.listen, ['spg99.controlplane.v1.ControlPlaneService', 'spg99.controlplane.v1.ControlPlaneInternalService']);
+  const internalServer = buildServer(log, { verifier: identity.verifier });
+  internalServer.server.with(catalogAvailabilityMiddleware).add(
+    ControlPlaneInternalServiceDefinition,
+    controlPlaneInternalService({
+      catalog,
+      leases,
+      safekeepers: config.safekeepers,
+      pageserver: config.pageserver,
+      lifecycle,
+      // A compute's lease renewal also renews its credential (scoped to its timeline, endpoint and compute).
+      issueComputeCredential: (scope) => issueComputeToken({ role: 'control-plane', key: signingKey }, scope),
+    }),
+  );
+  const running = await publicServer.listen(config.listen, ['spg99.controlplane.v1.ControlPlaneService']);
+  const internal = await internalServer.listen(config.internalListen, ['spg99.controlplane.v1.ControlPlaneInternalService']);
   const metrics = await serveMetrics(metricsAddress.host, metricsAddress.port);
   if (lifecycle) {
-    if (!config.advertise) lifecycle.setControlPlaneAddress(`${parseHostPort(config.listen, '--listen').host}:${running.port}`);
+    if (!config.advertise) lifecycle.setControlPlaneAddress(`${internalAddress.host}:${internal.port}`);
     lifecycle.startReconciler();
   }
   if (!operatorToken) log.warn('no --operator-token-file: CreateTenant is disabled');
   if (!pageserver) log.warn('no --pageserver: projects are recorded without a timeline');
   if (!lifecycle) log.warn('no --provisioner: endpoints cannot be started');
   // Tests and `make up` read this line to learn the ports.
-  log.info({ grpcPort: running.port, metricsPort: metrics.port, pageserver: config.pageserver || null, provisioner: config.provisioner || null }, 'control plane ready');
+  log.info({ grpcPort: running.port, internalPort: internal.port, metricsPort: metrics.port, pageserver: config.pageserver || null, provisioner: config.provisioner || null }, 'control plane ready');
   return {
     log,
     stop: async () => {
       await lifecycle?.stopReconciler();
       await running.stop();
+      await internal.stop();
       // Starts and stops in progress are abandoned: the next control plane's reconciler resumes them.
       for (const channel of otherChannels) channel.close();
       pageserverChannel?.close();

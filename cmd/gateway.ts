@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { buildServer } from '../src/lib/grpc/server.js';
 import { ConfigError, parseHostPort } from '../src/lib/config.js';
+import { identitySpec, setupIdentity } from '../src/lib/grpc/identity.js';
 import { createLogger } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
@@ -31,6 +32,7 @@ const spec = {
   startupTimeoutS: { kind: 'integer', description: 'a client must send its startup packet (TLS included) within this many seconds of connecting', default: 10, min: 1 },
   loginTimeoutS: { kind: 'integer', description: 'a client must finish its password exchange within this many seconds of its startup packet', default: 60, min: 1 },
   maxMessageMb: { kind: 'integer', description: 'the longest message a client may send, in MiB', default: 64, min: 1, max: 1024 },
+  ...identitySpec,
 } as const;
 
 await runComponent('gateway', spec, async (config) => {
@@ -48,6 +50,7 @@ await runComponent('gateway', spec, async (config) => {
     }
   };
   const tls = config.tlsCert ? { cert: readPem(config.tlsCert, '--tls-cert'), key: readPem(config.tlsKey, '--tls-key') } : null;
+  const identity = setupIdentity('gateway', config);
   const log = createLogger('gateway');
   const channel = openChannel(config.controlPlane);
   const gateway = new Gateway({
@@ -68,7 +71,7 @@ await runComponent('gateway', spec, async (config) => {
     loginTimeoutMs: config.loginTimeoutS * 1000,
   });
   const port = await gateway.start();
-  const { server, listen } = buildServer(log);
+  const { server, listen } = buildServer(log, { verifier: identity.verifier });
   server.add(GatewayAdminServiceDefinition, gatewayAdminService(gateway));
   const admin = await listen(config.adminListen, ['spg99.gateway.v1.GatewayAdminService']);
   const metrics = await serveMetrics(metricsAddress.host, metricsAddress.port);

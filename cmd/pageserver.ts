@@ -5,6 +5,7 @@
 import path from 'node:path';
 import { buildServer } from '../src/lib/grpc/server.js';
 import { parseHostPort } from '../src/lib/config.js';
+import { identitySpec, setupIdentity } from '../src/lib/grpc/identity.js';
 import { createLogger } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
@@ -30,11 +31,13 @@ const spec = {
   maxLeaseS: { kind: 'integer', description: 'the longest an LSN lease is held, in seconds', default: 3600, min: 1 },
   gcRetentionS: { kind: 'integer', description: 'history GC keeps (point-in-time branches and restores reach back this far), in seconds', default: 7 * 24 * 3600, min: 0 },
   gcIntervalS: { kind: 'integer', description: 'how often GC runs, in seconds (0: only when asked through RunGc)', default: 3600, min: 0 },
+  ...identitySpec,
 } as const;
 
 await runComponent('pageserver', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
   const metricsAddress = parseHostPort(config.metricsListen, '--metrics-listen');
+  const identity = setupIdentity('pageserver', config);
   const log = createLogger('pageserver', { pageserverId: config.id });
   const store = await openObjectStore(config.objectStore || `file://${path.resolve(config.dataDir, 'objects')}`);
   const pageserver = await Pageserver.open({
@@ -50,7 +53,7 @@ await runComponent('pageserver', spec, async (config) => {
     gcIntervalMs: config.gcIntervalS * 1000,
     log,
   });
-  const { server, listen } = buildServer(log);
+  const { server, listen } = buildServer(log, { verifier: identity.verifier });
   server.add(TimelineServiceDefinition, timelineService(pageserver));
   server.add(PageServiceDefinition, pageService(pageserver));
   const running = await listen(config.listen, ['spg99.pageserver.v1.TimelineService', 'spg99.pageserver.v1.PageService']);

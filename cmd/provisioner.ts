@@ -5,6 +5,10 @@
 import path from 'node:path';
 import { buildServer } from '../src/lib/grpc/server.js';
 import { ConfigError, parseHostPort } from '../src/lib/config.js';
+import { identitySpec, setupIdentity } from '../src/lib/grpc/identity.js';
+import fs from 'node:fs';
+import { issueComputeToken } from '../src/lib/grpc/credentials.js';
+import type { ComputeCredentials } from '../src/provisioner/driver.js';
 import { createLogger } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
@@ -29,6 +33,7 @@ const spec = {
   stopGraceS: { kind: 'integer', description: 'default grace period of a graceful stop, in seconds, before the agent is killed', default: 30, min: 0 },
   retainStoppedS: { kind: 'integer', description: 'stopped and failed computes stay describable this long, in seconds', default: 3600, min: 0 },
   maxComputes: { kind: 'integer', description: 'computes run at once at most (more answer RESOURCE_EXHAUSTED)', default: 64, min: 1 },
+  ...identitySpec,
 } as const;
 
 await runComponent('provisioner', spec, async (config) => {
@@ -41,8 +46,16 @@ await runComponent('provisioner', spec, async (config) => {
   if (config.driver === 'kubernetes' && !config.kubeImage) {
     throw new ConfigError('--kube-image (or SPG99_KUBE_IMAGE) is required with --driver kubernetes: the compute image, built from deploy/compute.Dockerfile');
   }
+  const identity = setupIdentity('provisioner', config);
   const log = createLogger('provisioner', { driver: config.driver });
+  const signingKey = identity.key!;
+  // The provisioner issues each compute's first token (its lease renewals bring the next ones).
+  const credentials: ComputeCredentials = {
+    trustDocument: fs.readFileSync(config.authTrustFile, 'utf8'),
+    issue: (scope) => issueComputeToken({ role: 'provisioner', key: signingKey }, scope),
+  };
   const common = {
+    credentials,
     log,
     maxRestarts: config.maxRestarts,
     restartBackoffMs: config.restartBackoffMs,
@@ -61,7 +74,7 @@ await runComponent('provisioner', spec, async (config) => {
           defaultGraceMs: config.stopGraceS * 1000,
         })
       : new ProcessDriver({ ...common, dataDir: path.resolve(config.dataDir), closeGraceMs: config.stopGraceS * 1000 });
-  const { server, listen } = buildServer(log);
+  const { server, listen } = buildServer(log, { verifier: identity.verifier });
   server.add(ProvisionerServiceDefinition, provisionerService(driver, { defaultStopGraceMs: config.stopGraceS * 1000 }));
   const running = await listen(config.listen, ['spg99.provisioner.v1.ProvisionerService']);
   const metrics = await serveMetrics(metricsAddress.host, metricsAddress.port);

@@ -4,6 +4,7 @@
 import { buildServer, type ServerContext } from '../src/lib/grpc/server.js';
 import { serveAppendSocket, type AppendSocketServer } from '../src/lib/append-socket.js';
 import { parseHostPort } from '../src/lib/config.js';
+import { identitySpec, setupIdentity } from '../src/lib/grpc/identity.js';
 import { createLogger } from '../src/lib/log.js';
 import { serveMetrics } from '../src/lib/metrics.js';
 import { runComponent } from '../src/lib/lifecycle.js';
@@ -21,13 +22,15 @@ const spec = {
     default: '127.0.0.1:0',
   },
   metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint (port 0 picks a free one)', default: '127.0.0.1:0' },
+  ...identitySpec,
 } as const;
 
 await runComponent('safekeeper', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
+  const identity = setupIdentity('safekeeper', config);
   const log = createLogger('safekeeper', { safekeeperId: config.id });
   const safekeeper = await Safekeeper.open(config.dataDir, log);
-  const { server, listen } = buildServer(log);
+  const { server, listen } = buildServer(log, { verifier: identity.verifier });
   const appendSocket = { address: '' };
   const service = safekeeperService(safekeeper, appendSocket);
   server.add(SafekeeperServiceDefinition, service);
@@ -42,6 +45,7 @@ await runComponent('safekeeper', spec, async (config) => {
       // The same handler as the gRPC Append stream, with the context it uses.
       (requests, signal) => service.append(requests, { signal, log: appendLog, traceId: '' } as unknown as ServerContext),
       appendLog,
+      identity.verifier,
     );
     appendSocket.address = `${address.host}:${framed.port}`;
   }

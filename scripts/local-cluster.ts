@@ -9,9 +9,14 @@
  * cannot start is reported while the other two carry on (a majority is enough), and a demo endpoint that does not
  * wake is reported, not a reason to stop the platform.
  *
+ * Every component has an identity (docs/security.md): `make up` keeps a key per component role and the trust file in
+ * `.spg99/keys/` (0700, keys 0600), and Redis' password in `.spg99/redis.password`; everything in `.spg99/` is
+ * private to the user who ran it (umask 077). `node dist/scripts/local-cluster.js operator-token` prints a fresh
+ * operator token for grpcurl.
+ *
  * Environment: `SPG99_HOME` moves the state directory (default `<repo>/.spg99`), so that a test can run a whole
  * platform in a temporary directory; the ports are `SPG99_REDIS_PORT`, `SPG99_SAFEKEEPER{1,2,3}_PORT`,
- * `SPG99_PAGESERVER_PORT`, `SPG99_CONTROL_PLANE_PORT`, `SPG99_PROVISIONER_PORT`, `SPG99_GATEWAY_PORT` and
+ * `SPG99_PAGESERVER_PORT`, `SPG99_CONTROL_PLANE_PORT`, `SPG99_CONTROL_PLANE_INTERNAL_PORT`, `SPG99_PROVISIONER_PORT`, `SPG99_GATEWAY_PORT` and
  * `SPG99_GATEWAY_ADMIN_PORT`. With `SPG99_UP_JSON=1`, `up` also prints one line for programs after the text for people:
  * `SPG99_UP_JSON {"home":…,"tenantId":…,"apiKey":…,"controlPlane":"127.0.0.1:7700","gatewayPort":5432,"caFile":…,
  * "demo":{"projectId":…,"branchId":…,"endpointId":…,"role":…,"password":…}}`.
@@ -22,9 +27,10 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import { createSpgClient, openChannel } from '../src/lib/grpc/client.js';
+import { createSpgClient, openChannel, setProcessCredential } from '../src/lib/grpc/client.js';
 import { ClientError, Status } from '../src/lib/grpc/errors.js';
-import { pingRedis, redisServerBinary, writeRedisConfig } from '../src/lib/redis.js';
+import { ensurePlatformCredentials, readPrivateKey, SelfSigner, type PlatformCredentials } from '../src/lib/grpc/credentials.js';
+import { pingRedis, redisServerBinary, writeRedisConfig, writeRedisPassword } from '../src/lib/redis.js';
 import { ensureLocalCertificates } from '../src/lib/tls-certs.js';
 import { isAlive } from '../src/lib/process.js';
 import { createClient } from 'nice-grpc';
@@ -45,6 +51,29 @@ const credentialsFile = path.join(home, 'credentials.json');
 const operatorTokenFile = path.join(home, 'operator-token');
 const logDir = path.join(home, 'logs');
 const tlsDir = path.join(home, 'tls');
+const keysDir = path.join(home, 'keys');
+const redisPasswordFile = path.join(home, 'redis.password');
+
+// Whatever this script and what it starts write (logs, Redis' AOF, keys) is private to this user.
+process.umask(0o077);
+
+/** The platform's keys and trust file, made on first use; this script calls as the operator. */
+let platformKeys: PlatformCredentials | null = null;
+function keys(): PlatformCredentials {
+  if (!platformKeys) {
+    fs.mkdirSync(home, { recursive: true, mode: 0o700 });
+    // A state directory made before umask 077 keeps older 0644 files: its own mode covers them all.
+    fs.chmodSync(home, 0o700);
+    platformKeys = ensurePlatformCredentials(keysDir);
+    setProcessCredential(new SelfSigner('operator', readPrivateKey(platformKeys.keyFiles.operator)));
+  }
+  return platformKeys;
+}
+
+/** The flags that give a component of `role` its identity. */
+function identityArgs(role: 'safekeeper' | 'pageserver' | 'provisioner' | 'control-plane' | 'gateway'): string[] {
+  return ['--auth-trust-file', keys().trustFile, '--auth-key-file', keys().keyFiles[role]];
+}
 
 /** Where everything listens (each overridable by an environment variable). */
 const ports = {
@@ -52,6 +81,7 @@ const ports = {
   safekeepers: [7501, 7502, 7503].map((port, index) => Number(process.env[`SPG99_SAFEKEEPER${index + 1}_PORT`] ?? port)),
   pageserver: Number(process.env.SPG99_PAGESERVER_PORT ?? 7600),
   controlPlane: Number(process.env.SPG99_CONTROL_PLANE_PORT ?? 7700),
+  controlPlaneInternal: Number(process.env.SPG99_CONTROL_PLANE_INTERNAL_PORT ?? 7701),
   provisioner: Number(process.env.SPG99_PROVISIONER_PORT ?? 7800),
   gateway: Number(process.env.SPG99_GATEWAY_PORT ?? 5432),
   gatewayAdmin: Number(process.env.SPG99_GATEWAY_ADMIN_PORT ?? 7900),
@@ -156,13 +186,21 @@ function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
 }
 
-/** Clients of the control plane: the public API with the local tenant's key (or the operator token), and the internal one. */
+/**
+ * Clients of the control plane: the public API with the local tenant's key (or the operator token), and the internal
+ * service on its own port, as the operator.
+ */
 function controlPlaneClients(secret: string) {
+  keys();
   const channel = openChannel(`127.0.0.1:${ports.controlPlane}`);
+  const internalChannel = openChannel(`127.0.0.1:${ports.controlPlaneInternal}`);
   return {
     api: createSpgClient(ControlPlaneServiceDefinition, channel, undefined, { authorization: `Bearer ${secret}` }),
-    internal: createSpgClient(ControlPlaneInternalServiceDefinition, channel),
-    close: () => channel.close(),
+    internal: createSpgClient(ControlPlaneInternalServiceDefinition, internalChannel),
+    close: () => {
+      channel.close();
+      internalChannel.close();
+    },
   };
 }
 
@@ -297,16 +335,19 @@ async function start(state: ClusterState, started: number, launched: string[]): 
     launched.push(name);
   };
 
+  keys();
+  // The password is in a 0600 file and the 0600 config, never on a command line.
+  const redisPassword = writeRedisPassword(redisPasswordFile);
   const safekeepers = ports.safekeepers.map((port) => `127.0.0.1:${port}`);
   const safekeeperFailures: string[] = [];
   await Promise.all([
     (async () => {
       if (running('redis')) return;
-      const redisConfig = writeRedisConfig({ port: ports.redis, dataDir: path.join(home, 'redis') });
+      const redisConfig = writeRedisConfig({ port: ports.redis, dataDir: path.join(home, 'redis'), password: redisPassword });
       const redis = launch('redis', redisServerBinary(), [redisConfig.configFile]);
       record('redis', redis.pid);
       const deadline = Date.now() + 60_000;
-      while ((await pingRedis('127.0.0.1', ports.redis, 1_000).catch((error: Error) => error.message)) !== '+PONG') {
+      while ((await pingRedis('127.0.0.1', ports.redis, 1_000, redisPassword).catch((error: Error) => error.message)) !== '+PONG') {
         if (!alive(redis.pid)) throw new Error(`redis-server exited; see ${redisConfig.logFile}`);
         if (Date.now() > deadline) throw new Error(`redis-server did not answer PING within 60 s; see ${redisConfig.logFile}`);
         await new Promise((resolve) => setTimeout(resolve, 50));
@@ -317,7 +358,7 @@ async function start(state: ClusterState, started: number, launched: string[]): 
       if (running(name)) return;
       const logFile = path.join(logDir, `${name}.log`);
       const offset = logSize(logFile);
-      const { pid } = launchComponent(name, 'safekeeper', ['--id', `sk-${index + 1}`, '--data-dir', path.join(home, name), '--listen', `127.0.0.1:${port}`]);
+      const { pid } = launchComponent(name, 'safekeeper', ['--id', `sk-${index + 1}`, '--data-dir', path.join(home, name), '--listen', `127.0.0.1:${port}`, ...identityArgs('safekeeper')]);
       record(name, pid);
       try {
         recordMetrics(state, name, await waitForLog(logFile, offset, 'safekeeper ready', pid));
@@ -341,14 +382,14 @@ async function start(state: ClusterState, started: number, launched: string[]): 
   if (!running('pageserver')) {
     const pageserverLog = path.join(logDir, 'pageserver.log');
     const pageserverOffset = logSize(pageserverLog);
-    const pageserver = launchComponent('pageserver', 'pageserver', ['--data-dir', path.join(home, 'pageserver'), '--listen', `127.0.0.1:${ports.pageserver}`]);
+    const pageserver = launchComponent('pageserver', 'pageserver', ['--data-dir', path.join(home, 'pageserver'), '--listen', `127.0.0.1:${ports.pageserver}`, ...identityArgs('pageserver')]);
     record('pageserver', pageserver.pid);
     waits.push(waitForLog(pageserverLog, pageserverOffset, 'pageserver ready', pageserver.pid).then((line) => recordMetrics(state, 'pageserver', line)));
   }
   if (!running('provisioner')) {
     const provisionerLog = path.join(logDir, 'provisioner.log');
     const provisionerOffset = logSize(provisionerLog);
-    const provisioner = launchComponent('provisioner', 'provisioner', ['--data-dir', path.join(home, 'computes'), '--listen', `127.0.0.1:${ports.provisioner}`]);
+    const provisioner = launchComponent('provisioner', 'provisioner', ['--data-dir', path.join(home, 'computes'), '--listen', `127.0.0.1:${ports.provisioner}`, ...identityArgs('provisioner')]);
     record('provisioner', provisioner.pid);
     waits.push(waitForLog(provisionerLog, provisionerOffset, 'provisioner ready', provisioner.pid).then((line) => recordMetrics(state, 'provisioner', line)));
   }
@@ -373,7 +414,10 @@ async function startControlPlane(state: ClusterState, safekeepers: string[], rec
   const controlPlaneOffset = logSize(controlPlaneLog);
   const controlPlane = launchComponent('control-plane', 'control-plane', [
     '--listen', `127.0.0.1:${ports.controlPlane}`,
+    '--internal-listen', `127.0.0.1:${ports.controlPlaneInternal}`,
     '--redis-url', `redis://127.0.0.1:${ports.redis}`,
+    '--redis-password-file', redisPasswordFile,
+    ...identityArgs('control-plane'),
     '--pageserver', `127.0.0.1:${ports.pageserver}`,
     '--safekeepers', safekeepers.join(','),
     '--provisioner', `127.0.0.1:${ports.provisioner}`,
@@ -392,8 +436,9 @@ async function startGateway(state: ClusterState, record: (name: string, pid: num
   const gateway = launchComponent('gateway', 'gateway', [
     '--listen', `127.0.0.1:${ports.gateway}`,
     '--admin-listen', `127.0.0.1:${ports.gatewayAdmin}`,
-    '--control-plane', `127.0.0.1:${ports.controlPlane}`,
+    '--control-plane', `127.0.0.1:${ports.controlPlaneInternal}`,
     '--domain', 'localhost',
+    ...identityArgs('gateway'),
     '--tls-cert', certificates.certFile,
     '--tls-key', certificates.keyFile,
   ]);
@@ -472,7 +517,7 @@ async function down(quiet = false): Promise<void> {
 function addressOf(name: string): string {
   if (name === 'redis') return `redis://127.0.0.1:${ports.redis}`;
   if (name === 'pageserver') return `127.0.0.1:${ports.pageserver}`;
-  if (name === 'control-plane') return `127.0.0.1:${ports.controlPlane}`;
+  if (name === 'control-plane') return `127.0.0.1:${ports.controlPlane} (internal 127.0.0.1:${ports.controlPlaneInternal})`;
   if (name === 'provisioner') return `127.0.0.1:${ports.provisioner}`;
   if (name === 'gateway') return `127.0.0.1:${ports.gateway} (admin 127.0.0.1:${ports.gatewayAdmin})`;
   const safekeeper = /^safekeeper-(\d+)$/.exec(name);
@@ -483,6 +528,7 @@ function addressOf(name: string): string {
 function healthAddressOf(name: string): string | null {
   if (name === 'redis') return null;
   if (name === 'gateway') return `127.0.0.1:${ports.gatewayAdmin}`;
+  if (name === 'control-plane') return `127.0.0.1:${ports.controlPlane}`;
   return addressOf(name);
 }
 
@@ -490,7 +536,8 @@ function healthAddressOf(name: string): string | null {
 async function healthOf(name: string, pid: number): Promise<string> {
   if (!alive(pid)) return 'down (process gone)';
   if (name === 'redis') {
-    const answer = await pingRedis('127.0.0.1', ports.redis, 2_000).catch((error: Error) => `no answer (${error.message})`);
+    const password = fs.existsSync(redisPasswordFile) ? fs.readFileSync(redisPasswordFile, 'utf8').trim() : undefined;
+    const answer = await pingRedis('127.0.0.1', ports.redis, 2_000, password).catch((error: Error) => `no answer (${error.message})`);
     return answer === '+PONG' ? 'ok (PONG)' : answer;
   }
   const channel = openChannel(healthAddressOf(name)!);
@@ -544,8 +591,9 @@ try {
   if (command === 'up') await up();
   else if (command === 'down') await down();
   else if (command === 'status') await status();
+  else if (command === 'operator-token') console.log(new SelfSigner('operator', readPrivateKey(keys().keyFiles.operator)).token());
   else {
-    console.error('usage: local-cluster up|down|status');
+    console.error('usage: local-cluster up|down|status|operator-token');
     process.exit(2);
   }
 } catch (error) {

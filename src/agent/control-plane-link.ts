@@ -63,6 +63,8 @@ export interface ControlPlaneLinkOptions {
   postgresAddress: string;
   log: Logger;
   traceId?: string;
+  /** Takes the fresh credential a lease renewal brings (the compute's token expires; renewals replace it). */
+  onCredential?: (credential: string) => void;
 }
 
 /**
@@ -198,10 +200,11 @@ export class ControlPlaneLink {
     let failures = 0;
     while (!signal.aborted) {
       try {
-        const { lease } = await this.client.renewWriterLease(
+        const { lease, credential } = await this.client.renewWriterLease(
           { endpointId, computeId, term, ttl },
           { deadline: new Date(Date.now() + Math.max(intervalMs, 1000)), signal },
         );
+        if (credential) this.options.onCredential?.(credential);
         lastRenewalGauge.set(Date.now() / 1000);
         if (lease?.expiresAt) {
           leaseExpiryGauge.set(lease.expiresAt.getTime() / 1000);

@@ -17,7 +17,7 @@ import { Notifier, AsyncQueue } from '../lib/async.js';
 import { appendOverSocket } from '../lib/append-socket.js';
 import { Backoff } from '../lib/retry.js';
 import { counter, gauge, histogram } from '../lib/metrics.js';
-import { openChannel, createSpgClient, type SpgClient } from '../lib/grpc/client.js';
+import { openChannel, createSpgClient, currentProcessToken, type SpgClient } from '../lib/grpc/client.js';
 import { ClientError, Status } from '../lib/grpc/errors.js';
 import type { TermSwitch, VoterLog } from '../lib/consensus/term-history.js';
 import { ProposerCore } from '../lib/consensus/proposer-core.js';
@@ -411,7 +411,7 @@ export class WalProposer {
     try {
       // The framed transport when the safekeeper offers it (far less CPU per message than gRPC), else gRPC.
       const responses = (
-        socketAddress ? appendOverSocket(socketAddress, requests, session.signal) : peer.client.append(requests, { signal: session.signal })
+        socketAddress ? appendOverSocket(socketAddress, requests, session.signal, currentProcessToken() ?? '') : peer.client.append(requests, { signal: session.signal })
       )[Symbol.asyncIterator]();
       const first = await responses.next();
       if (first.done) throw new Error(`safekeeper ${peer.address} closed the Append stream at once`);

@@ -30,6 +30,8 @@ export interface InternalServiceOptions {
   pageserver: string;
   /** Starts endpoints on wake; null: this control plane runs without --provisioner. */
   lifecycle?: EndpointLifecycle | null;
+  /** Issues a compute's credential, renewed with each lease renewal; absent: none is handed out. */
+  issueComputeCredential?: (scope: { timelineId: string; endpointId: string; computeId: string }) => string;
 }
 
 /** How long a WakeEndpoint waits for RUNNING when its caller set no deadline. */
@@ -82,7 +84,9 @@ export function controlPlaneInternalService(options: InternalServiceOptions): Co
     async renewWriterLease(request) {
       const timelineId = await timelineOf(request.endpointId);
       const { lease } = await leases.renew({ timelineId, computeId: request.computeId, term: request.term, ttlMs: ttlMs(request.ttl) });
-      return { lease: leaseMessage(request.endpointId, lease) };
+      // Only a renewed lease renews the credential: a fenced compute's ends with the token it holds.
+      const credential = options.issueComputeCredential?.({ timelineId, endpointId: request.endpointId, computeId: request.computeId }) ?? '';
+      return { lease: leaseMessage(request.endpointId, lease), credential };
     },
     async releaseWriterLease(request) {
       const timelineId = await timelineOf(request.endpointId);

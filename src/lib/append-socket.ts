@@ -6,12 +6,16 @@
  *
  * Frames: client → server `[u32 length][AppendRequest]`; server → client `[u32 length][u8 kind][body]` with kind 0
  * an AppendResponse and kind 1 an error `[u32 gRPC status code][UTF-8 details]`, after which the server closes.
+ * The client's very first frame is its credential (the token it sends as gRPC metadata, UTF-8, at most 2 KiB): the
+ * server verifies it, and checks the role Append needs, before it decodes any request (docs/security.md).
  */
 import net from 'node:net';
 import { AppendRequest, AppendResponse } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import { AsyncQueue } from './async.js';
 import { ClientError, ServerError, Status } from './grpc/errors.js';
 import type { Logger } from './log.js';
+import { checkRole, checkScope } from './grpc/auth-policy.js';
+import { CredentialError, MAX_TOKEN_BYTES, type Claims, type TokenVerifier } from './grpc/credentials.js';
 
 /** The largest frame accepted (a 128 KiB WAL message plus headers, with room to spare). */
 export const MAX_FRAME_BYTES = 1024 * 1024;
@@ -22,7 +26,11 @@ class FrameReader {
   private buffered: Buffer[] = [];
   private bufferedBytes = 0;
 
-  constructor(private readonly onFrame: (frame: Buffer) => void) {}
+  constructor(
+    private readonly onFrame: (frame: Buffer) => void,
+    /** The largest frame accepted now (the server lowers it until the caller is authenticated). */
+    public limit = MAX_FRAME_BYTES,
+  ) {}
 
   push(chunk: Buffer): void {
     this.buffered.push(chunk);
@@ -35,7 +43,7 @@ class FrameReader {
         this.buffered = [head];
       }
       const length = head.readUInt32BE(0);
-      if (length > MAX_FRAME_BYTES) throw new Error(`a frame of ${length} bytes is over the limit of ${MAX_FRAME_BYTES}`);
+      if (length > this.limit) throw new Error(`a frame of ${length} bytes is over the limit of ${this.limit}`);
       if (this.bufferedBytes < 4 + length) return;
       const all = this.buffered.length === 1 ? head : Buffer.concat(this.buffered);
       const frame = all.subarray(4, 4 + length);
@@ -66,20 +74,54 @@ export interface AppendSocketServer {
   close(): Promise<void>;
 }
 
-/** Listens on host:port (0: a free port) and serves each connection with `handler`. */
-export async function serveAppendSocket(host: string, port: number, handler: AppendHandler, log: Logger): Promise<AppendSocketServer> {
+/**
+ * Listens on host:port (0: a free port) and serves each connection with `handler`, once its first frame proved a
+ * caller `verifier` accepts for Append; a compute may append to its own timeline only.
+ */
+export async function serveAppendSocket(host: string, port: number, handler: AppendHandler, log: Logger, verifier: TokenVerifier): Promise<AppendSocketServer> {
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.setNoDelay(true);
     const controller = new AbortController();
     const requests = new AsyncQueue<AppendRequest>();
-    const reader = new FrameReader((body) => requests.push(AppendRequest.decode(body)));
+    let caller: Claims | null = null;
+    let first = true;
+    const reader = new FrameReader((body) => {
+      if (caller === null) {
+        // The credential frame: nothing else is decoded before it is verified.
+        let claims: Claims;
+        try {
+          claims = verifier.verify(body.toString('utf8'));
+        } catch (error) {
+          if (!(error instanceof CredentialError)) throw error;
+          throw new ServerError(Status.UNAUTHENTICATED, `${APPEND_PATH} (framed): ${error.message}; the first frame must be the caller's token`);
+        }
+        const denied = checkRole(claims, APPEND_PATH);
+        if (denied) throw denied;
+        caller = claims;
+        reader.limit = MAX_FRAME_BYTES;
+        return;
+      }
+      const request = AppendRequest.decode(body);
+      const denied = checkScope(caller, request, APPEND_PATH, first);
+      if (denied) throw denied;
+      first = false;
+      requests.push(request);
+    }, MAX_TOKEN_BYTES);
     socket.on('data', (chunk: Buffer) => {
       try {
         reader.push(chunk);
       } catch (error) {
-        requests.fail(new ServerError(Status.INVALID_ARGUMENT, `malformed Append frame: ${(error as Error).message}`));
+        if (error instanceof ServerError) {
+          if (error.code === Status.UNAUTHENTICATED || error.code === Status.PERMISSION_DENIED) {
+            log.warn({ peer: socket.remoteAddress, code: Status[error.code], details: error.details }, 'framed Append refused');
+          }
+          requests.fail(error);
+        } else {
+          requests.fail(new ServerError(Status.INVALID_ARGUMENT, `malformed Append frame: ${(error as Error).message}`));
+        }
+        socket.pause();
       }
     });
     socket.on('end', () => requests.end());
@@ -122,10 +164,11 @@ export async function serveAppendSocket(host: string, port: number, handler: App
 }
 
 /**
- * Opens a framed Append stream to `address`: sends what `requests` yields, answers the responses; a server error
- * is thrown as the ClientError the gRPC stream would throw (ABORTED for a superseded term, ...).
+ * Opens a framed Append stream to `address`, authenticated by `token` (its first frame): sends what `requests`
+ * yields, answers the responses; a server error is thrown as the ClientError the gRPC stream would throw (ABORTED
+ * for a superseded term, UNAUTHENTICATED for a refused token, ...).
  */
-export function appendOverSocket(address: string, requests: AsyncIterable<AppendRequest>, signal: AbortSignal): AsyncIterable<AppendResponse> {
+export function appendOverSocket(address: string, requests: AsyncIterable<AppendRequest>, signal: AbortSignal, token: string): AsyncIterable<AppendResponse> {
   const responses = new AsyncQueue<AppendResponse>();
   const separator = address.lastIndexOf(':');
   const socket = net.connect({ host: address.slice(0, separator), port: Number(address.slice(separator + 1)), noDelay: true });
@@ -156,6 +199,7 @@ export function appendOverSocket(address: string, requests: AsyncIterable<Append
     signal.removeEventListener('abort', onAbort);
     responses.fail(new ClientError(APPEND_PATH, Status.UNAVAILABLE, `${address} closed the Append connection`));
   });
+  socket.write(frame(Buffer.from(token, 'utf8')));
   void (async () => {
     for await (const request of requests) {
       if (socket.destroyed) break;

@@ -14,6 +14,8 @@ export async function runComponent<S extends Record<string, OptionSpec>>(
   spec: S,
   start: (config: ConfigOf<S>) => Promise<{ log: Logger; stop: () => Promise<void> }>,
 ): Promise<void> {
+  // Whatever the platform writes (WAL, objects, keys, logs) is private to its OS user (docs/security.md).
+  process.umask(0o077);
   if (process.argv.includes('--help')) {
     console.log(usage(name, spec));
     process.exit(0);

@@ -2,8 +2,10 @@
  * Redis, where the control plane keeps its catalog and writer leases: a client that connects with a deadline,
  * fails commands fast while Redis is down and reconnects by itself ({@link connectRedis}), and Debian's
  * `redis-server` run as a child process with the append-only file on ({@link startRedisServer}), for `make up`
- * and the tests.
+ * and the tests. Redis asks for a password (`requirepass`, kept in a 0600 file and in the 0600 generated config,
+ * never on a command line), and its files are private to the platform's OS user (docs/security.md).
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -51,6 +53,28 @@ export function parseRedisUrl(url: string): RedisAddress {
 export interface ConnectRedisOptions {
   /** How long to wait for the first connection before giving up (default 5 s). */
   readyTimeoutMs?: number;
+  /** The password Redis asks for (`requirepass`); undefined: none. */
+  password?: string;
+}
+
+/** Reads a Redis password file (one line; `make up` and the harness write one with {@link writeRedisPassword}). */
+export function readRedisPassword(file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8').trim();
+  } catch (error) {
+    throw new Error(`the Redis password file ${file} cannot be read: ${(error as Error).message}`);
+  }
+  if (text.length < 16) throw new Error(`the Redis password in ${file} is shorter than 16 characters: write a long random one`);
+  return text;
+}
+
+/** Makes `file` (0600) hold a new random password unless it holds one already; answers the password. */
+export function writeRedisPassword(file: string): string {
+  if (fs.existsSync(file)) return readRedisPassword(file);
+  const password = randomBytes(24).toString('base64url');
+  fs.writeFileSync(file, `${password}\n`, { mode: 0o600 });
+  return password;
 }
 
 const DEFAULT_READY_TIMEOUT_MS = 5_000;
@@ -90,6 +114,7 @@ export async function connectRedis(url: string, log: Logger, options: ConnectRed
     maxRetriesPerRequest: MAX_RETRIES_PER_REQUEST,
     connectTimeout: CONNECT_TIMEOUT_MS,
     retryStrategy: reconnectDelay,
+    ...(options.password ? { password: options.password } : {}),
   });
 
   let lastError: Error | undefined;
@@ -168,6 +193,8 @@ export interface RedisServerOptions {
   appendfsync?: AppendFsync;
   /** How long to wait for the first PONG, the dataset loaded (default 30 s). */
   readyTimeoutMs?: number;
+  /** The password clients must give (`requirepass`, written only into the 0600 config); undefined: none. */
+  password?: string;
 }
 
 /** How a process ended. */
@@ -195,6 +222,8 @@ export class RedisServerProcess {
     readonly dataDir: string,
     /** Its log file (`redis.log` in the data directory). */
     readonly logFile: string,
+    /** The password it asks for, if any. */
+    readonly password?: string,
   ) {
     const keep = (chunk: Buffer) => {
       this.output = (this.output + chunk.toString('utf8')).slice(-8_000);
@@ -280,7 +309,8 @@ export function redisServerBinary(): string {
 export function writeRedisConfig(options: RedisServerOptions): { configFile: string; logFile: string; dataDir: string; bind: string } {
   const bind = options.bind ?? '127.0.0.1';
   const dataDir = path.resolve(options.dataDir);
-  fs.mkdirSync(dataDir, { recursive: true });
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  fs.chmodSync(dataDir, 0o700);
   const logFile = path.join(dataDir, 'redis.log');
   const configFile = path.join(dataDir, 'redis.conf');
   const config = [
@@ -299,7 +329,13 @@ export function writeRedisConfig(options: RedisServerOptions): { configFile: str
     `appendfsync ${options.appendfsync ?? 'everysec'}`,
     'save ""',
   ];
-  fs.writeFileSync(configFile, `${config.join('\n')}\n`);
+  if (options.password !== undefined) {
+    if (!/^[A-Za-z0-9_-]{16,}$/.test(options.password)) throw new Error('the Redis password must be 16 or more letters, digits, _ or -');
+    config.push(`requirepass ${options.password}`);
+  }
+  // 0600: it may hold the password.
+  fs.writeFileSync(configFile, `${config.join('\n')}\n`, { mode: 0o600 });
+  fs.chmodSync(configFile, 0o600);
   return { configFile, logFile, dataDir, bind };
 }
 
@@ -311,11 +347,18 @@ export async function startRedisServer(options: RedisServerOptions): Promise<Red
   const binary = redisServerBinary();
   const { configFile, logFile, dataDir, bind } = writeRedisConfig(options);
 
-  const child = spawn(binary, [configFile], { cwd: dataDir, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its append-only file and log are private: redis-server creates them with the umask it inherits.
+  const umask = process.umask(0o077);
+  let child: ChildProcess;
+  try {
+    child = spawn(binary, [configFile], { cwd: dataDir, stdio: ['ignore', 'pipe', 'pipe'] });
+  } finally {
+    process.umask(umask);
+  }
   // A wildcard bind is reached through loopback; of a list of addresses, the first.
   const firstBind = bind.split(/\s+/)[0].replace(/^-/, '');
   const host = firstBind === '0.0.0.0' || firstBind === '*' ? '127.0.0.1' : firstBind === '::' || firstBind === '::*' ? '::1' : firstBind;
-  const server = new RedisServerProcess(child, host, options.port, dataDir, logFile);
+  const server = new RedisServerProcess(child, host, options.port, dataDir, logFile, options.password);
 
   const readyTimeoutMs = options.readyTimeoutMs ?? DEFAULT_SERVER_READY_TIMEOUT_MS;
   const deadline = Date.now() + readyTimeoutMs;
@@ -325,7 +368,7 @@ export async function startRedisServer(options: RedisServerOptions): Promise<Red
       throw new Error(`redis-server (port ${options.port}, ${dataDir}) exited ${JSON.stringify(server.exit)} before answering PING:\n${server.tail()}`);
     }
     try {
-      const answer = await pingRedis(host, options.port, 1_000);
+      const answer = await pingRedis(host, options.port, 1_000, options.password);
       if (answer === '+PONG') return server;
       lastAnswer = answer; // "-LOADING ..." while it replays the AOF
     } catch (error) {
@@ -361,7 +404,7 @@ function quoteConfig(value: string): string {
 
 /** Sends an inline PING and resolves with the first line of the answer ("+PONG", or e.g. "-LOADING ..."). */
 /** One PING over a fresh connection: `+PONG` when Redis is ready, `-LOADING …` while it replays its AOF. */
-export function pingRedis(host: string, port: number, timeoutMs: number): Promise<string> {
+export function pingRedis(host: string, port: number, timeoutMs: number, password?: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host, port });
     let received = '';
@@ -371,11 +414,16 @@ export function pingRedis(host: string, port: number, timeoutMs: number): Promis
     };
     socket.setTimeout(timeoutMs, () => finish(() => reject(new Error(`no answer to PING within ${timeoutMs} ms`))));
     socket.once('error', (error) => finish(() => reject(error)));
-    socket.once('connect', () => socket.write('PING\r\n'));
+    // With a password, AUTH first: the PING's answer (the second line) then says whether the dataset is loaded.
+    socket.once('connect', () => socket.write(password === undefined ? 'PING\r\n' : `AUTH ${password}\r\nPING\r\n`));
+    const skip = password === undefined ? 0 : 1;
     socket.on('data', (chunk) => {
       received += chunk.toString('utf8');
-      const end = received.indexOf('\r\n');
-      if (end >= 0) finish(() => resolve(received.slice(0, end)));
+      const lines = received.split('\r\n');
+      if (lines.length > skip + 1) {
+        const auth = lines[0] ?? '';
+        finish(() => resolve(skip === 1 && auth !== '+OK' ? auth : (lines[skip] ?? '')));
+      }
     });
     socket.once('end', () => finish(() => reject(new Error(`connection closed after ${JSON.stringify(received)}`))));
   });

@@ -3,6 +3,7 @@
  * and what basebackups ship) and their copies in object storage (complete segments, and the tail segment as a
  * `.partial` up to a record boundary). Local files are a cache: a segment missing locally is fetched back.
  */
+import { postgresOsUser } from '../lib/pg/os-user.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Lsn, WAL_SEGMENT_SIZE, formatLsn, segmentNumber, segmentOffset, segmentStart, walFileName } from '../lib/lsn.js';
@@ -22,8 +23,9 @@ export class WalArchive {
     private readonly store: ObjectStore,
     private readonly log: Logger,
   ) {
-    fs.mkdirSync(localDir, { recursive: true, mode: 0o755 });
-    fs.chmodSync(localDir, 0o755);
+    // Private: the replayer reads segments through hard links in its own pg_wal, never through this directory.
+    fs.mkdirSync(localDir, { recursive: true, mode: 0o700 });
+    fs.chmodSync(localDir, 0o700);
   }
 
   /** The local file name of a segment (Postgres' name on timeline 1). */
@@ -95,15 +97,15 @@ export class WalArchive {
     }
     const file = this.segmentPath(segment);
     const temp = `${file}.download`;
-    const fd = fs.openSync(temp, 'w', 0o644);
+    const fd = fs.openSync(temp, 'w', 0o600);
     try {
       fs.writeSync(fd, body, 0, body.length, 0);
       fs.ftruncateSync(fd, SEGMENT_BYTES);
+      shareWithPostgres(fd);
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
     }
-    fs.chmodSync(temp, 0o644);
     fs.renameSync(temp, file);
     this.log.debug({ segment: walFileName(1, segment), bytes: body.length }, 'fetched WAL segment from object storage');
     return true;
@@ -164,10 +166,10 @@ export class WalArchive {
     if (fd !== undefined) return fd;
     const file = this.segmentPath(segment);
     const exists = fs.existsSync(file);
-    fd = fs.openSync(file, exists ? 'r+' : 'w+', 0o644);
+    fd = fs.openSync(file, exists ? 'r+' : 'w+', 0o600);
     if (!exists) {
       fs.ftruncateSync(fd, SEGMENT_BYTES);
-      fs.fchmodSync(fd, 0o644);
+      shareWithPostgres(fd);
     }
     // Few segments are written at once: keep the newest open.
     for (const [open, openFd] of this.fds) {
@@ -187,4 +189,18 @@ export class WalArchive {
       this.fds.delete(segment);
     }
   }
+}
+
+/**
+ * A segment is read by the replayer's Postgres, which runs as another OS user when this process is root: readable by
+ * that user's group (0640), never by others. As the same user, 0600 is enough.
+ */
+function shareWithPostgres(fd: number): void {
+  const user = postgresOsUser();
+  if (user.gid === undefined) {
+    fs.fchmodSync(fd, 0o600);
+    return;
+  }
+  fs.fchownSync(fd, process.getuid?.() ?? 0, user.gid);
+  fs.fchmodSync(fd, 0o640);
 }

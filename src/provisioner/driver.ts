@@ -129,6 +129,17 @@ export interface AgentPlacement {
   listen: string;
   metricsListen: string;
   rolesFile: string;
+  /** The trust file the agent verifies its callers with, and the file of the token it calls with. */
+  trustFile?: string;
+  credentialFile?: string;
+}
+
+/** How a driver hands computes their identity (docs/security.md). */
+export interface ComputeCredentials {
+  /** The trust document (public keys), as the agent's --auth-trust-file takes it. */
+  trustDocument: string;
+  /** A fresh token for a compute: scoped to its timeline, endpoint and compute id, signed by the provisioner. */
+  issue(scope: { timelineId: string; endpointId: string; computeId: string }): string;
 }
 
 /** The agent's command line (after `node`) for a compute: its spec as flags. */
@@ -148,5 +159,7 @@ export function agentArgs(computeId: string, spec: ComputeSpec, placement: Agent
     '--endpoint-id', spec.endpointId,
     ...(spec.controlPlaneAddress ? ['--control-plane', spec.controlPlaneAddress] : []),
     '--roles-file', placement.rolesFile,
+    ...(placement.trustFile ? ['--auth-trust-file', placement.trustFile] : []),
+    ...(placement.credentialFile ? ['--credential-file', placement.credentialFile] : []),
   ];
 }

@@ -46,6 +46,7 @@ import {
   ComputeState,
   sameSpec,
   specDifferences,
+  type ComputeCredentials,
   type ComputeDriver,
   type ComputeSpec,
   type ComputeView,
@@ -57,6 +58,7 @@ import {
   ANNOTATION,
   COMPUTE_SELECTOR,
   computePod,
+  CREDENTIAL_FILE,
   DEFAULT_PORTS,
   endedAnnotations,
   LABEL,
@@ -115,6 +117,8 @@ export interface KubernetesDriverOptions {
   requestTimeoutMs?: number;
   /** How often every compute is checked for start timeouts and retention (default 2 s). */
   sweepIntervalMs?: number;
+  /** The computes' identity: a token in the record Secret, renewed for each incarnation; absent: pods get none. */
+  credentials?: ComputeCredentials;
 }
 
 /** An API server error, mapped to the gRPC status the Provisioner API answers; `httpStatus` 0 when there was no answer. */
@@ -315,6 +319,7 @@ export class KubernetesDriver implements ComputeDriver {
       env: { ...(process.env.SPG99_LOG_LEVEL ? { SPG99_LOG_LEVEL: process.env.SPG99_LOG_LEVEL } : {}), ...options.env },
       imagePullSecret: options.imagePullSecret,
       serviceAccountName: options.serviceAccountName,
+      credentials: options.credentials !== undefined,
     };
     this.maxRestarts = options.maxRestarts ?? 3;
     this.restartBackoffMs = options.restartBackoffMs ?? 500;
@@ -409,7 +414,13 @@ export class KubernetesDriver implements ComputeDriver {
       let secret: V1Secret;
       try {
         secret = await this.api(`create secret ${recordName(computeId)}`, () =>
-          this.core.createNamespacedSecret({ namespace: this.namespace, body: recordSecret(computeId, spec, this.namespace) }),
+          this.core.createNamespacedSecret({
+            namespace: this.namespace,
+            body: recordSecret(computeId, spec, this.namespace, this.options.credentials && {
+              token: this.options.credentials.issue({ timelineId: spec.timelineId, endpointId: spec.endpointId, computeId }),
+              trust: this.options.credentials.trustDocument,
+            }),
+          }),
         );
       } catch (error) {
         if (httpStatusOf(error) !== 409) throw error;
@@ -830,7 +841,12 @@ export class KubernetesDriver implements ComputeDriver {
     }
     // The record before the pod: a provisioner that restarts between these steps creates the new pod and deletes the
     // old one (reconcile).
-    const secret = await this.patchRecord(computeId, { [ANNOTATION.incarnation]: String(incarnation), [ANNOTATION.lastFailure]: cause.slice(0, 1000) });
+    // A new incarnation gets a fresh token: the first one may have expired since.
+    const credentials = this.options.credentials;
+    const data = credentials && {
+      [CREDENTIAL_FILE]: Buffer.from(credentials.issue({ timelineId: record.spec.timelineId, endpointId: record.spec.endpointId, computeId })).toString('base64'),
+    };
+    const secret = await this.patchRecord(computeId, { [ANNOTATION.incarnation]: String(incarnation), [ANNOTATION.lastFailure]: cause.slice(0, 1000) }, data);
     this.onSecret(secret);
     await this.createPod(this.records.get(computeId)!);
     // An ended pod's containers are dead: force is safe, and frees its emptyDir (a copy of the database) at once.
@@ -861,10 +877,10 @@ export class KubernetesDriver implements ComputeDriver {
     }
   }
 
-  private async patchRecord(computeId: string, annotations: Record<string, string>): Promise<V1Secret> {
+  private async patchRecord(computeId: string, annotations: Record<string, string>, data?: Record<string, string>): Promise<V1Secret> {
     return this.api(`patch secret ${recordName(computeId)}`, () =>
       this.core.patchNamespacedSecret(
-        { name: recordName(computeId), namespace: this.namespace, body: { metadata: { annotations } } },
+        { name: recordName(computeId), namespace: this.namespace, body: { metadata: { annotations }, ...(data ? { data } : {}) } },
         setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
       ),
     );

@@ -59,6 +59,9 @@ export const DATA_MOUNT = '/var/lib/spg99';
 export const ROLES_MOUNT = '/etc/spg99/roles';
 /** The file name of the roles inside {@link ROLES_MOUNT}, and its key in the Secret. */
 export const ROLES_FILE = 'roles.json';
+/** The compute's token (renewed by the driver for each incarnation) and the trust file, in the same Secret and mount. */
+export const CREDENTIAL_FILE = 'credential.token';
+export const TRUST_FILE = 'trust.json';
 const SPEC_KEY = 'spec.json';
 
 /** The ports of a compute pod. */
@@ -88,6 +91,8 @@ export interface PodSettings {
   imagePullSecret?: string;
   /** A service account for compute pods; none by default (the agent needs no API access). */
   serviceAccountName?: string;
+  /** Whether the record Secret carries the compute's credential and trust file (mounted beside roles.json). */
+  credentials?: boolean;
 }
 
 /** The name of a compute's record Secret. */
@@ -136,7 +141,7 @@ function base64(text: string): string {
 }
 
 /** The record Secret of a new compute (incarnation 0, nothing ended). */
-export function recordSecret(computeId: string, spec: ComputeSpec, namespace: string): V1Secret {
+export function recordSecret(computeId: string, spec: ComputeSpec, namespace: string, credentials?: { token: string; trust: string }): V1Secret {
   return {
     apiVersion: 'v1',
     kind: 'Secret',
@@ -151,6 +156,7 @@ export function recordSecret(computeId: string, spec: ComputeSpec, namespace: st
       [SPEC_KEY]: base64(specToJson(spec)),
       // The agent's format: [{"roleName", "scramVerifier"}].
       [ROLES_FILE]: base64(JSON.stringify(spec.roles.map(({ roleName, scramVerifier }) => ({ roleName, scramVerifier })))),
+      ...(credentials ? { [CREDENTIAL_FILE]: base64(credentials.token), [TRUST_FILE]: base64(credentials.trust) } : {}),
     },
   };
 }
@@ -225,6 +231,7 @@ export function endedAnnotations(state: 'STOPPED' | 'FAILED', reason: string, at
 
 /** The agent's command line in a pod: the flags the process driver gives it, with the pod's paths and ports. */
 export function podAgentArgs(computeId: string, spec: ComputeSpec, settings: PodSettings): string[] {
+  const credentials = settings.credentials ? { trustFile: `${ROLES_MOUNT}/${TRUST_FILE}`, credentialFile: `${ROLES_MOUNT}/${CREDENTIAL_FILE}` } : {};
   return agentArgs(computeId, spec, {
     agentScript: settings.agentScript,
     pgDataDir: `${DATA_MOUNT}/pgdata`,
@@ -233,6 +240,7 @@ export function podAgentArgs(computeId: string, spec: ComputeSpec, settings: Pod
     listen: `0.0.0.0:${settings.ports.agent}`,
     metricsListen: `0.0.0.0:${settings.ports.metrics}`,
     rolesFile: `${ROLES_MOUNT}/${ROLES_FILE}`,
+    ...credentials,
   });
 }
 
@@ -301,7 +309,17 @@ export function computePod(computeId: string, spec: ComputeSpec, incarnation: nu
         // A cache like the process driver's data directory: every start begins from the pageserver's basebackup.
         { name: 'data', emptyDir: {} },
         // Only roles.json: the spec stays in the record, out of the pod. 0440 with fsGroup: readable by the agent only.
-        { name: 'roles', secret: { secretName: recordName(computeId), defaultMode: 0o440, items: [{ key: ROLES_FILE, path: ROLES_FILE }] } },
+        {
+          name: 'roles',
+          secret: {
+            secretName: recordName(computeId),
+            defaultMode: 0o440,
+            items: [
+              { key: ROLES_FILE, path: ROLES_FILE },
+              ...(settings.credentials ? [{ key: CREDENTIAL_FILE, path: CREDENTIAL_FILE }, { key: TRUST_FILE, path: TRUST_FILE }] : []),
+            ],
+          },
+        },
       ],
     },
   };

@@ -24,6 +24,7 @@ import { freePort } from '../lib/net.js';
 import { fsyncPath, fsyncTree } from '../lib/fsync-tree.js';
 import { isAlive } from '../lib/process.js';
 import { STANDBY_FLAG } from '../lib/standby.js';
+import { writeTokenFile } from '../lib/grpc/credentials.js';
 import {
   agentArgs,
   ComputeState,
@@ -31,6 +32,7 @@ import {
   restartsTotal,
   sameSpec,
   specDifferences,
+  type ComputeCredentials,
   type ComputeDriver,
   type ComputeSpec,
   type ComputeView,
@@ -63,6 +65,8 @@ export interface ProcessDriverOptions {
   standby?: boolean;
   /** Keep the data directory of a cleanly stopped compute for the next compute of its timeline (default true). */
   cacheDataDirectories?: boolean;
+  /** The computes' identity: each (re)start gets a fresh token in a 0600 file beside its roles file. */
+  credentials: ComputeCredentials;
 }
 
 /** One compute and its agent process. */
@@ -365,7 +369,13 @@ export class ProcessDriver implements ComputeDriver {
     fs.mkdirSync(compute.directory, { recursive: true });
     const cachedLsn = compute.restartCount === 0 ? this.takeCachedData(spec.timelineId, compute.pgDataDir) : null;
     const rolesFile = writeRolesFile(compute.directory, spec.roles);
+    const trustFile = path.join(compute.directory, 'trust.json');
+    fs.writeFileSync(trustFile, this.options.credentials.trustDocument, { mode: 0o600 });
+    const credentialFile = path.join(compute.directory, 'credential.token');
+    writeTokenFile(credentialFile, this.options.credentials.issue({ timelineId: spec.timelineId, endpointId: spec.endpointId, computeId }));
     const args = agentArgs(computeId, spec, {
+      trustFile,
+      credentialFile,
       agentScript: this.agentScript,
       pgDataDir: compute.pgDataDir,
       pgPort: compute.pgPort,

@@ -3,6 +3,7 @@
  * harness' temporary directories. A compute whose agent was killed leaves its Postgres running: the harness stops
  * that one too.
  */
+import { computeIdentityArgs } from './credentials.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
@@ -88,6 +89,8 @@ export class ComputeNode {
       ...(options.leaseTtlS !== undefined ? ['--lease-ttl-s', String(options.leaseTtlS)] : []),
       ...(options.reportIntervalS !== undefined ? ['--report-interval-s', String(options.reportIntervalS)] : []),
       ...(rolesFile ? ['--roles-file', rolesFile] : []),
+      // Its own token, as the provisioner issues one: scoped to its timeline (and endpoint).
+      ...computeIdentityArgs(directory, { timelineId: options.timelineId, computeId, ...(options.endpointId ? { endpointId: options.endpointId } : {}) }),
     ];
     const child = harness.spawn('agent', args, { label: computeId, env: options.env, stopFirst: true });
     const node = new ComputeNode(computeId, child, pgDataDir, pgPort, grpcPort, harness);

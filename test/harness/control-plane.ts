@@ -1,7 +1,8 @@
 /**
  * The control plane under test: started through the harness on a free port against a Redis of the test, with an
  * operator token in a harness directory; restartable on the same port. Clients carry an API key (or the operator
- * token) as `authorization: Bearer <secret>`.
+ * token) as `authorization: Bearer <secret>`. The internal service listens apart ({@link ControlPlaneNode.internalAddress}),
+ * for service credentials: the test process calls it as the operator.
  */
 import { ClientError } from '../../src/lib/grpc/errors.js';
 import fs from 'node:fs';
@@ -9,12 +10,15 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createClient, Metadata, type Channel, type Client } from 'nice-grpc';
 import { ControlPlaneInternalServiceDefinition, ControlPlaneServiceDefinition } from '../../gen/spg99/controlplane/v1/controlplane.js';
-import { openChannel } from '../../src/lib/grpc/client.js';
+import { createSpgClient, openChannel, type SpgClient } from '../../src/lib/grpc/client.js';
 import { freePort } from '../../src/lib/net.js';
 import type { ComponentProcess, Harness, LogLine } from './process.js';
+import { redisPasswordFileFor } from './redis.js';
 
 export interface ControlPlaneOptions {
   redisUrl: string;
+  /** The file of Redis' password (RedisNode.passwordFile). */
+  redisPasswordFile?: string;
   /** host:port of a pageserver; none by default. */
   pageserver?: string;
   /** host:port of the safekeepers and of a provisioner: with them (and a pageserver) endpoints can start. */
@@ -34,12 +38,15 @@ export class ControlPlaneNode {
   /** The token CreateTenant takes. */
   readonly operatorToken: string;
   private readonly channel: Channel;
+  private readonly internalChannel: Channel;
   private starts = 1;
 
   private constructor(
     private readonly harness: Harness,
     private readonly args: string[],
     readonly port: number,
+    /** The internal service's port. */
+    readonly internalPort: number,
     operatorToken: string,
     private readonly options: ControlPlaneOptions,
     public process: ComponentProcess,
@@ -47,7 +54,11 @@ export class ControlPlaneNode {
   ) {
     this.operatorToken = operatorToken;
     this.channel = openChannel(this.address);
-    harness.defer(() => this.channel.close());
+    this.internalChannel = openChannel(this.internalAddress);
+    harness.defer(() => {
+      this.channel.close();
+      this.internalChannel.close();
+    });
   }
 
   static async start(harness: Harness, options: ControlPlaneOptions): Promise<ControlPlaneNode> {
@@ -55,9 +66,12 @@ export class ControlPlaneNode {
     const operatorToken = randomBytes(32).toString('hex');
     const tokenFile = path.join(directory, 'operator-token');
     fs.writeFileSync(tokenFile, `${operatorToken}\n`, { mode: 0o600 });
-    const port = await freePort();
+    const [port, internalPort] = [await freePort(), await freePort()];
+    const redisPasswordFile = options.redisPasswordFile ?? redisPasswordFileFor(options.redisUrl);
     const args = [
       '--listen', `127.0.0.1:${port}`,
+      '--internal-listen', `127.0.0.1:${internalPort}`,
+      ...(redisPasswordFile ? ['--redis-password-file', redisPasswordFile] : []),
       '--metrics-listen', '127.0.0.1:0',
       '--redis-url', options.redisUrl,
       '--operator-token-file', tokenFile,
@@ -68,11 +82,17 @@ export class ControlPlaneNode {
     ];
     const child = harness.spawn('control-plane', args, { label: 'control-plane', env: options.env, stopFirst: true });
     const ready = await child.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"`, timeoutMs: 30_000 });
-    return new ControlPlaneNode(harness, args, port, operatorToken, options, child, ready);
+    return new ControlPlaneNode(harness, args, port, internalPort, operatorToken, options, child, ready);
   }
 
+  /** The public API's address (API keys). */
   get address(): string {
     return `127.0.0.1:${this.port}`;
+  }
+
+  /** The internal service's address (service credentials): what agents and the gateway are given. */
+  get internalAddress(): string {
+    return `127.0.0.1:${this.internalPort}`;
   }
 
   /** A ControlPlaneService client whose calls carry `secret` (none: no authorization metadata). */
@@ -86,9 +106,9 @@ export class ControlPlaneNode {
     return createClient(ControlPlaneServiceDefinition, this.channel, { '*': { metadata: Metadata({ authorization: header }) } });
   }
 
-  /** A client of the internal service. */
-  internal(): Client<typeof ControlPlaneInternalServiceDefinition> {
-    return createClient(ControlPlaneInternalServiceDefinition, this.channel);
+  /** A client of the internal service, calling as the operator (the test process's identity). */
+  internal(): SpgClient<typeof ControlPlaneInternalServiceDefinition> {
+    return createSpgClient(ControlPlaneInternalServiceDefinition, this.internalChannel);
   }
 
   /** An operator's client: CreateTenant. */

@@ -6,9 +6,9 @@
  */
 import fs from 'node:fs';
 import pg from 'pg';
-import { createClient, type Client } from 'nice-grpc';
+import type { Client } from 'nice-grpc';
 import { GatewayAdminServiceDefinition } from '../../gen/spg99/gateway/v1/gateway.js';
-import { openChannel } from '../../src/lib/grpc/client.js';
+import { createSpgClient, openChannel } from '../../src/lib/grpc/client.js';
 import { checkLocalServerIdentity, ensureLocalCertificates } from '../../src/lib/tls-certs.js';
 import type { ComponentProcess, Harness, LogLine } from './process.js';
 
@@ -72,7 +72,7 @@ export class GatewayNode {
     restartArgs[restartArgs.indexOf('--listen') + 1] = `127.0.0.1:${port}`;
     restartArgs[restartArgs.indexOf('--admin-listen') + 1] = `127.0.0.1:${adminPort}`;
     const caCert = fs.readFileSync(certificates.caCertFile, 'utf8');
-    return new GatewayNode(harness, restartArgs, port, adminPort, caCert, child, ready, createClient(GatewayAdminServiceDefinition, channel));
+    return new GatewayNode(harness, restartArgs, port, adminPort, caCert, child, ready, createSpgClient(GatewayAdminServiceDefinition, channel));
   }
 
   /** Stops it (SIGTERM, or SIGKILL with `crash`) unless it exited already, and starts it again on the same ports. */

@@ -58,7 +58,7 @@ export async function startGatewayPlatform(harness: Harness, options: GatewayPla
   const platform = await startPlatform(harness, { controlPlaneArgs: options.controlPlaneArgs });
   const { controlPlane } = platform;
   await options.beforeProject?.(platform);
-  const gateway = await GatewayNode.start(harness, { controlPlane: controlPlane.address, allowPlaintext: options.allowPlaintext, args: options.gatewayArgs });
+  const gateway = await GatewayNode.start(harness, { controlPlane: controlPlane.internalAddress, allowPlaintext: options.allowPlaintext, args: options.gatewayArgs });
   const created = await controlPlane.operator().createTenant({ name: 'acme' });
   const api = controlPlane.client(created.apiKeySecret);
   const project = await api.createProject({

@@ -13,6 +13,10 @@ import { fileURLToPath } from 'node:url';
 import { createClient, type Channel } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
+import { identityEnv } from './credentials.js';
+
+/** The components that hold a key of their own: the harness hands each its role's key and the trust file. */
+const KEY_COMPONENTS = new Set(['safekeeper', 'pageserver', 'provisioner', 'gateway', 'control-plane'] as const);
 
 export { HealthCheckResponse_ServingStatus };
 
@@ -145,7 +149,11 @@ export class ComponentProcess {
     this.child = spawn(process.execPath, ['--enable-source-maps', ...profile, script, ...args], {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ...options.env },
+      env: {
+        ...process.env,
+        ...(KEY_COMPONENTS.has(command as never) ? identityEnv(command as 'safekeeper') : {}),
+        ...options.env,
+      },
     });
     let stdoutRest = '';
     let stderrRest = '';

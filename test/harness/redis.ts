@@ -6,7 +6,8 @@
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { freePort } from '../../src/lib/net.js';
-import { connectRedis, startRedisServer, type AppendFsync, type Redis, type RedisServerProcess } from '../../src/lib/redis.js';
+import path from 'node:path';
+import { connectRedis, startRedisServer, writeRedisPassword, type AppendFsync, type Redis, type RedisServerProcess } from '../../src/lib/redis.js';
 import type { Logger } from '../../src/lib/log.js';
 import type { Harness, LogLine } from './process.js';
 
@@ -31,6 +32,14 @@ export function memoryLogger(component: string): { log: Logger; lines: LogLine[]
   return { log, lines };
 }
 
+/** The password file of each Redis the harness started, by URL: the control plane fixture finds it there. */
+const passwordFiles = new Map<string, string>();
+
+/** The password file of the harness' Redis at `url`, if it started one there. */
+export function redisPasswordFileFor(url: string): string | undefined {
+  return passwordFiles.get(url);
+}
+
 /** A redis-server under test. Its URL stays the same across restarts. */
 export class RedisNode {
   /** Log lines of the clients made by {@link client}. */
@@ -45,6 +54,9 @@ export class RedisNode {
     readonly dataDir: string,
     readonly port: number,
     private readonly appendfsync: AppendFsync | undefined,
+    /** The password it asks for, and the 0600 file holding it (what the control plane's --redis-password-file takes). */
+    readonly password: string,
+    readonly passwordFile: string,
   ) {
     const { log, lines } = memoryLogger('redis-client');
     this.clientLog = log;
@@ -63,9 +75,12 @@ export class RedisNode {
   /** Starts redis-server on a free port with a new data directory and waits until it answers PING. */
   static async start(harness: Harness, options: RedisNodeOptions = {}): Promise<RedisNode> {
     const dataDir = harness.tempDir('redis').path;
+    const passwordFile = path.join(harness.tempDir('redis-secret').path, 'redis.password');
+    const password = writeRedisPassword(passwordFile);
     const port = await freePort();
-    const server = await startRedisServer({ dataDir, port, appendfsync: options.appendfsync });
-    return new RedisNode(harness, server, dataDir, port, options.appendfsync);
+    const server = await startRedisServer({ dataDir, port, appendfsync: options.appendfsync, password });
+    passwordFiles.set(server.url, passwordFile);
+    return new RedisNode(harness, server, dataDir, port, options.appendfsync, password, passwordFile);
   }
 
   /** `redis://127.0.0.1:<port>`. */
@@ -80,7 +95,7 @@ export class RedisNode {
 
   /** A new client through `connectRedis` (closed at teardown); its log lines go to {@link clientLogLines}. */
   async client(): Promise<Redis> {
-    const client = await connectRedis(this.url, this.clientLog);
+    const client = await connectRedis(this.url, this.clientLog, { password: this.password });
     this.clients.push(client);
     return client;
   }
@@ -91,6 +106,6 @@ export class RedisNode {
     if (!options.crash && exit.code !== 0) {
       throw new Error(`redis-server on port ${this.port} exited ${JSON.stringify(exit)} on SIGTERM:\n${this.server.tail()}`);
     }
-    this.server = await startRedisServer({ dataDir: this.dataDir, port: this.port, appendfsync: this.appendfsync });
+    this.server = await startRedisServer({ dataDir: this.dataDir, port: this.port, appendfsync: this.appendfsync, password: this.password });
   }
 }

@@ -89,6 +89,11 @@ export class SafekeeperNode {
     return Number(this.readyLine.metricsPort);
   }
 
+  /** host:port of its framed Append socket (from its ready line). */
+  get appendSocketAddress(): string {
+    return String(this.readyLine.appendSocket ?? '');
+  }
+
   /** The client of its API (one channel, which reconnects after a restart). */
   get client(): SafekeeperClient {
     return this.clientValue;

@@ -194,7 +194,7 @@ describe('agent ⇄ control plane (leases, reports, roles; real processes)', fun
         safekeepers,
         createTimeline: true,
         endpointId,
-        controlPlane: controlPlane.address,
+        controlPlane: controlPlane.internalAddress,
         leaseTtlS: 3,
         reportIntervalS: 3600,
         ...options,

@@ -13,6 +13,7 @@ import type { AppendRequest, AppendResponse } from '../../gen/spg99/safekeeper/v
 import { HealthCheckResponse_ServingStatus, grpcHealthStatus, useHarness } from '../harness/process.js';
 import { startSafekeeperWithTimeline, type SafekeeperNode } from '../harness/safekeepers.js';
 import { openChannel } from '../../src/lib/grpc/client.js';
+import { computeToken } from '../harness/credentials.js';
 
 const BASE = 0x1000000n;
 
@@ -26,6 +27,13 @@ async function rawExchange(address: string, bytes: Buffer): Promise<Buffer> {
   socket.write(bytes);
   await once(socket, 'close');
   return Buffer.concat(received);
+}
+
+/** A frame of `body` as the client sends it: `[u32 length][body]`. */
+function clientFrame(body: Buffer): Buffer {
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(body.length, 0);
+  return Buffer.concat([header, body]);
 }
 
 /** The error frame `[u32 length][1][u32 code][details]` in `bytes`. */
@@ -55,7 +63,7 @@ describe('framed Append transport of the safekeeper', function () {
     const controller = new AbortController();
     const responses: AppendResponse[] = [];
     try {
-      for await (const response of appendOverSocket(address, queue, controller.signal)) {
+      for await (const response of appendOverSocket(address, queue, controller.signal, computeToken({ timelineId, computeId: 'p2' }))) {
         responses.push(response);
         if (response.flushLsn >= untilFlush) break;
       }
@@ -88,7 +96,9 @@ describe('framed Append transport of the safekeeper', function () {
   });
 
   it('answers malformed and oversized frames with INVALID_ARGUMENT and keeps serving', async () => {
-    const garbage = Buffer.concat([Buffer.from([0, 0, 0, 6]), Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff])]);
+    // After a valid credential frame (without one, nothing is decoded: see internal-auth.test.ts).
+    const credential = clientFrame(Buffer.from(computeToken({ timelineId, computeId: 'p2' })));
+    const garbage = Buffer.concat([credential, Buffer.from([0, 0, 0, 6]), Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff])]);
     const malformed = errorFrame(await rawExchange(address, garbage));
     expect(malformed.code).to.equal(Status.INVALID_ARGUMENT);
     const oversized = errorFrame(await rawExchange(address, Buffer.from([0xff, 0xff, 0xff, 0xff, 1, 2, 3])));

@@ -47,11 +47,10 @@ describe('control plane (real process, real Redis)', function () {
       } finally {
         channel.close();
       }
-      expect(await reflectedServices(controlPlane.address)).to.include.members([
-        'spg99.controlplane.v1.ControlPlaneService',
-        'spg99.controlplane.v1.ControlPlaneInternalService',
-        'grpc.health.v1.Health',
-      ]);
+      expect(await reflectedServices(controlPlane.address)).to.include.members(['spg99.controlplane.v1.ControlPlaneService', 'grpc.health.v1.Health']);
+      // The internal service listens apart, for service credentials only.
+      expect(await reflectedServices(controlPlane.address)).not.to.include('spg99.controlplane.v1.ControlPlaneInternalService');
+      expect(await reflectedServices(controlPlane.internalAddress)).to.include.members(['spg99.controlplane.v1.ControlPlaneInternalService', 'grpc.health.v1.Health']);
       expect(controlPlane.readyLine.grpcPort).to.equal(controlPlane.port);
     });
 

@@ -790,7 +790,7 @@ describe('gateway robustness (bad input, fuzz, limits, pooling corner cases; rea
       await setup.query('CREATE TABLE items (id int PRIMARY KEY, name text)');
 
       // The client limit of an endpoint (a gateway whose limit is 2): the third client is told the limit.
-      const limited = await GatewayNode.start(harness(), { controlPlane: controlPlane.address, args: ['--max-clients-per-endpoint', '2'] });
+      const limited = await GatewayNode.start(harness(), { controlPlane: controlPlane.internalAddress, args: ['--max-clients-per-endpoint', '2'] });
       const first = await limited.connect(endpointId, { ...owner, pooled: true });
       const second = await limited.connect(endpointId, owner);
       clients.push(first, second);

@@ -87,7 +87,7 @@ describe('gateway (TLS, routing, SCRAM, wake-on-connect, pooler; real processes)
     const malformed = await connectFailure({ ...gateway.clientConfig(endpointId, { ...owner, tls: false }), options: 'endpoint=ep-nope' });
     expect(malformed.message).to.contain('"ep-nope" in options is not an endpoint id');
 
-    const strict = await GatewayNode.start(harness(), { controlPlane: controlPlane.address, allowPlaintext: false });
+    const strict = await GatewayNode.start(harness(), { controlPlane: controlPlane.internalAddress, allowPlaintext: false });
     const plaintext = await connectFailure(strict.clientConfig(endpointId, { ...owner, tls: false }));
     expect(plaintext.message).to.contain('SSL is required');
   });

@@ -293,8 +293,8 @@ describe('the README quickstart', function () {
 
     before(async () => {
       home = TempDir.create('quickstart');
-      const [redis, safekeeper1, safekeeper2, safekeeper3, pageserver, controlPlane, provisioner, gateway, gatewayAdmin] = await Promise.all(
-        Array.from({ length: 9 }, () => freePort()),
+      const [redis, safekeeper1, safekeeper2, safekeeper3, pageserver, controlPlane, provisioner, gateway, gatewayAdmin, controlPlaneInternal] = await Promise.all(
+        Array.from({ length: 10 }, () => freePort()),
       );
       gatewayPort = gateway;
       env = { ...process.env };
@@ -309,6 +309,7 @@ describe('the README quickstart', function () {
         SPG99_SAFEKEEPER3_PORT: String(safekeeper3),
         SPG99_PAGESERVER_PORT: String(pageserver),
         SPG99_CONTROL_PLANE_PORT: String(controlPlane),
+        SPG99_CONTROL_PLANE_INTERNAL_PORT: String(controlPlaneInternal),
         SPG99_PROVISIONER_PORT: String(provisioner),
         SPG99_GATEWAY_PORT: String(gateway),
         SPG99_GATEWAY_ADMIN_PORT: String(gatewayAdmin),

@@ -13,6 +13,30 @@ import {
   Metadata,
 } from 'nice-grpc';
 import { deadlineMiddleware, type DeadlineOptions } from 'nice-grpc-client-middleware-deadline';
+import { CREDENTIAL_METADATA, type CredentialSource } from './credentials.js';
+
+/**
+ * This process's identity, sent with every call of its clients (a process is one component: one identity). Set once
+ * at start by each `cmd/` entry point (and by the test harness for a test process, as the operator).
+ */
+let processCredential: CredentialSource | null = null;
+
+/** Sets the credential every client of this process sends (null: none). */
+export function setProcessCredential(source: CredentialSource | null): void {
+  processCredential = source;
+}
+
+/** The token this process sends now, or undefined when it has no identity. */
+export function currentProcessToken(): string | undefined {
+  return processCredential?.token();
+}
+
+/** Adds the process's token to a call that carries none of its own (a client made with an explicit credential keeps it). */
+const credentialMiddleware: ClientMiddleware = async function* <Request, Response>(call: ClientMiddlewareCall<Request, Response>, options: CallOptions) {
+  const token = processCredential?.token();
+  if (token === undefined || Metadata(options.metadata).has(CREDENTIAL_METADATA)) return yield* call.next(call.request, options);
+  return yield* call.next(call.request, { ...options, metadata: Metadata(options.metadata).set(CREDENTIAL_METADATA, token) });
+};
 
 /** A client with deadline support. */
 export type SpgClient<Definition extends CompatServiceDefinition> = Client<Definition, DeadlineOptions>;
@@ -61,5 +85,6 @@ export function createSpgClient<Definition extends CompatServiceDefinition>(
     // The middleware used last runs first: it must see `deadline` before the deadline middleware consumes it.
     .use(deadlineMiddleware)
     .use(deadlineMetadataMiddleware)
+    .use(credentialMiddleware)
     .create(definition, channel, Object.keys(metadata).length > 0 ? { '*': { metadata: Metadata(metadata) } } : {});
 }

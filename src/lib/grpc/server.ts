@@ -9,8 +9,10 @@ import { createServer, type Server, type CallContext, type ServerMiddlewareCall,
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import { isAbortError } from 'abort-controller-x';
-import { ServerInterceptingCall, type ServerInterceptor } from '@grpc/grpc-js';
+import { ServerInterceptingCall, status as grpcStatus, type ServerInterceptor } from '@grpc/grpc-js';
 import { DEADLINE_METADATA } from './client.js';
+import { CREDENTIAL_METADATA, CredentialError, type Claims, type TokenVerifier } from './credentials.js';
+import { checkRole, checkScope, isOpenMethod } from './auth-policy.js';
 import type { Logger } from '../log.js';
 import { newTraceId } from '../log.js';
 import { counter, histogram } from '../metrics.js';
@@ -23,28 +25,55 @@ export interface ServerContextExtension {
   log: Logger;
   /** When the caller's deadline passes (ms since epoch), if it set one. */
   deadlineMs?: number;
+  /** The authenticated internal caller (undefined on a public server, or for health checks). */
+  internalCaller?: Claims;
 }
+
+/** Metadata the interceptor hands the verified caller to the middleware in; a caller's own value is dropped first. */
+const CALLER_METADATA = 'x-spg99-caller';
 
 
 /**
- * A call's deadline as metadata for the handlers: SPG99's clients send it (client.ts); for others grpc-js knows it from
- * `grpc-timeout` but takes that header away before handlers run, so this interceptor hands it on. A handler that
- * waits can then answer a clear error just before the deadline instead of leaving the caller with a bare
- * DEADLINE_EXCEEDED.
+ * The first thing every call meets. It hands the call's deadline on as metadata (grpc-js knows it from
+ * `grpc-timeout` but takes that header away before handlers run; SPG99's own clients send the metadata), so a handler
+ * that waits can answer a clear error just before it. With a verifier it also authenticates the caller and checks its
+ * role for the method, before the request is read: a refused call ends here with UNAUTHENTICATED or
+ * PERMISSION_DENIED, its bytes never parsed (grpc-js reads messages only after the metadata step).
  */
-const deadlineInterceptor: ServerInterceptor = (_method, call) =>
-  new ServerInterceptingCall(call, {
-    start: (next) =>
-      next({
-        onReceiveMetadata: (metadata, forward) => {
-          const deadline = call.getDeadline();
-          const ms = deadline instanceof Date ? deadline.getTime() : deadline;
-          // Clients of other languages (grpcurl) send grpc-timeout; SPG99's own clients send the metadata.
-          if (Number.isFinite(ms) && metadata.get(DEADLINE_METADATA).length === 0) metadata.set(DEADLINE_METADATA, String(ms));
-          forward(metadata);
-        },
-      }),
-  });
+function firstInterceptor(verifier: TokenVerifier | null, log: Logger): ServerInterceptor {
+  return (method, call) =>
+    new ServerInterceptingCall(call, {
+      start: (next) =>
+        next({
+          onReceiveMetadata: (metadata, forward) => {
+            const deadline = call.getDeadline();
+            const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+            if (Number.isFinite(ms) && metadata.get(DEADLINE_METADATA).length === 0) metadata.set(DEADLINE_METADATA, String(ms));
+            metadata.remove(CALLER_METADATA);
+            if (verifier && !isOpenMethod(method.path)) {
+              const token = metadata.get(CREDENTIAL_METADATA)[0];
+              let refusal: { code: grpcStatus; details: string } | null = null;
+              try {
+                const claims = verifier.verify(typeof token === 'string' ? token : undefined);
+                const denied = checkRole(claims, method.path);
+                if (denied) refusal = { code: grpcStatus.PERMISSION_DENIED, details: denied.details };
+                else metadata.set(CALLER_METADATA, JSON.stringify(claims));
+              } catch (error) {
+                if (!(error instanceof CredentialError)) throw error;
+                refusal = { code: grpcStatus.UNAUTHENTICATED, details: `${method.path}: ${error.message}` };
+              }
+              if (refusal) {
+                refused.inc({ method: method.path, code: grpcStatus[refusal.code] });
+                log.warn({ method: method.path, peer: call.getPeer(), code: grpcStatus[refusal.code], details: refusal.details }, 'call refused');
+                call.sendStatus(refusal);
+                return;
+              }
+            }
+            forward(metadata);
+          },
+        }),
+    });
+}
 
 /**
  * An error to answer a little before the caller's deadline with (so that it arrives), or null when the call has no
@@ -58,6 +87,7 @@ export function beforeDeadline(context: ServerContextExtension, marginMs = 500):
 export type ServerContext = CallContext & ServerContextExtension;
 
 const requests = counter('spg99_grpc_requests_total', 'gRPC calls handled, by method and status code', ['method', 'code']);
+const refused = counter('spg99_grpc_refused_total', 'gRPC calls refused for a missing, invalid or insufficient credential', ['method', 'code']);
 const durations = histogram('spg99_grpc_request_duration_seconds', 'gRPC call duration (unary and stream)', ['method']);
 
 /** Reads the descriptor set `make build` writes into dist/ (`buf build`), for reflection. */
@@ -78,10 +108,25 @@ export interface RunningServer {
   stop(graceMs?: number): Promise<void>;
 }
 
+/** Whom a server authenticates: `verifier` checks internal callers' tokens; `public` (API keys, checked by the service) none. */
+export type ServerAuthentication = { verifier: TokenVerifier } | 'public';
+
+/** Checks, for a compute, that each message of a client stream names only its own ids (the first must name one). */
+async function* scopedStream<T>(requests: AsyncIterable<T>, caller: Claims, path: string): AsyncIterable<T> {
+  let first = true;
+  for await (const request of requests) {
+    const denied = checkScope(caller, request, path, first);
+    if (denied) throw denied;
+    first = false;
+    yield request;
+  }
+}
+
 /** Builds the server: add services to the returned object, then `listen`. */
-export function buildServer(log: Logger) {
+export function buildServer(log: Logger, authentication: ServerAuthentication) {
   const openCalls = new Set<AbortController>();
-  const server: Server<ServerContextExtension> = createServer({ interceptors: [deadlineInterceptor] }).use(async function* spg99Middleware<Request, Response>(
+  const verifier = authentication === 'public' ? null : authentication.verifier;
+  const server: Server<ServerContextExtension> = createServer({ interceptors: [firstInterceptor(verifier, log)] }).use(async function* spg99Middleware<Request, Response>(
     call: ServerMiddlewareCall<Request, Response, ServerContextExtension>,
     context: CallContext,
   ) {
@@ -98,7 +143,18 @@ export function buildServer(log: Logger) {
     try {
       const deadline = Number(context.metadata.get(DEADLINE_METADATA));
       const deadlineMs = Number.isFinite(deadline) && deadline > 0 ? deadline : undefined;
-      return yield* call.next(call.request, { ...context, signal: controller.signal, traceId, log: callLog, deadlineMs });
+      const callerText = context.metadata.get(CALLER_METADATA);
+      const caller = callerText ? (JSON.parse(callerText) as Claims) : undefined;
+      let request = call.request;
+      if (caller?.role === 'compute') {
+        if (call.method.requestStream) {
+          request = scopedStream(call.request as AsyncIterable<unknown>, caller, method) as Request;
+        } else {
+          const denied = checkScope(caller, call.request, method, true);
+          if (denied) throw denied;
+        }
+      }
+      return yield* call.next(request, { ...context, signal: controller.signal, traceId, log: callLog, deadlineMs, internalCaller: caller });
     } catch (error) {
       if (error instanceof ServerError) {
         code = error.code;

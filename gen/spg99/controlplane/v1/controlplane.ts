@@ -749,7 +749,14 @@ export interface RenewWriterLeaseRequest {
 }
 
 export interface RenewWriterLeaseResponse {
-  lease?: WriterLease | undefined;
+  lease?:
+    | WriterLease
+    | undefined;
+  /**
+   * A fresh credential for the compute (its token, scoped to its timeline, endpoint and compute), to use from now on
+   * instead of the one it holds, which expires; empty when the control plane issues none.
+   */
+  credential: string;
 }
 
 export interface ReleaseWriterLeaseRequest {
@@ -7439,13 +7446,16 @@ export const RenewWriterLeaseRequest: MessageFns<RenewWriterLeaseRequest> = {
 };
 
 function createBaseRenewWriterLeaseResponse(): RenewWriterLeaseResponse {
-  return { lease: undefined };
+  return { lease: undefined, credential: "" };
 }
 
 export const RenewWriterLeaseResponse: MessageFns<RenewWriterLeaseResponse> = {
   encode(message: RenewWriterLeaseResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.lease !== undefined) {
       WriterLease.encode(message.lease, writer.uint32(10).fork()).join();
+    }
+    if (message.credential !== "") {
+      writer.uint32(18).string(message.credential);
     }
     return writer;
   },
@@ -7471,6 +7481,14 @@ export const RenewWriterLeaseResponse: MessageFns<RenewWriterLeaseResponse> = {
             message.lease = WriterLease.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.credential = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -7484,13 +7502,19 @@ export const RenewWriterLeaseResponse: MessageFns<RenewWriterLeaseResponse> = {
   },
 
   fromJSON(object: any): RenewWriterLeaseResponse {
-    return { lease: isSet(object.lease) ? WriterLease.fromJSON(object.lease) : undefined };
+    return {
+      lease: isSet(object.lease) ? WriterLease.fromJSON(object.lease) : undefined,
+      credential: isSet(object.credential) ? globalThis.String(object.credential) : "",
+    };
   },
 
   toJSON(message: RenewWriterLeaseResponse): unknown {
     const obj: any = {};
     if (message.lease !== undefined) {
       obj.lease = WriterLease.toJSON(message.lease);
+    }
+    if (message.credential !== "") {
+      obj.credential = message.credential;
     }
     return obj;
   },
@@ -7503,6 +7527,7 @@ export const RenewWriterLeaseResponse: MessageFns<RenewWriterLeaseResponse> = {
     message.lease = (object.lease !== undefined && object.lease !== null)
       ? WriterLease.fromPartial(object.lease)
       : undefined;
+    message.credential = object.credential ?? "";
     return message;
   },
 };
