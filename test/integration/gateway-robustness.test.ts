@@ -36,6 +36,7 @@ import {
 import { ScramClientSession } from '../../src/lib/scram.js';
 import { checkLocalServerIdentity } from '../../src/lib/tls-certs.js';
 import { useHarness, waitFor } from '../harness/process.js';
+import { freePort } from '../../src/lib/net.js';
 import type { ControlPlaneClient } from '../harness/control-plane.js';
 import { GatewayNode } from '../harness/gateway.js';
 import { startGatewayPlatform, type GatewayPlatformOptions } from '../harness/platform.js';
@@ -622,6 +623,26 @@ describe('gateway robustness (bad input, fuzz, limits, pooling corner cases; rea
     });
   });
 
+  describe('errors from inside the platform', () => {
+    const { harness } = useFixtures();
+
+    it('tells a client a generic reason and a trace id, never an internal address or method, and logs the details under that id', async () => {
+      // A control plane that is not there: the gateway cannot look up the role.
+      const gone = await freePort();
+      const gateway = await GatewayNode.start(harness(), { controlPlane: `127.0.0.1:${gone}` });
+      const endpointId = `ep-${'a'.repeat(32)}`;
+      const refused = await connectFailure(gateway.clientConfig(endpointId, { user: 'owner', password: 'secret' }));
+      expect(refused.code, refused.message).to.equal('08001');
+      expect(refused.message).to.match(/trace id [0-9a-f]{32}/);
+      expect(refused.message, 'no internal address').to.not.contain(String(gone));
+      expect(refused.message, 'no method path').to.not.match(/spg99\.|ControlPlane|GetRoleVerifier|UNAVAILABLE/);
+      expect(refused.hint).to.equal('Try again in a moment.');
+      const traceId = /trace id ([0-9a-f]{32})/.exec(refused.message)![1];
+      const logged = await gateway.process.waitForLine((line) => line.traceId === traceId, { what: `a log line with trace id ${traceId}` });
+      expect(String(logged.reason)).to.contain('GetRoleVerifier');
+    });
+  });
+
   describe('failed passwords', () => {
     const { clients, platform, wire } = useFixtures();
 
@@ -757,57 +778,58 @@ describe('gateway robustness (bad input, fuzz, limits, pooling corner cases; rea
       }
     }
 
-    for (const mode of ['session', 'transaction'] as const) {
-      it(`never reports COMMIT for a commit whose quorum wait was cut short (${mode} mode): the client is told its outcome is unknown`, async () => {
-        const { gateway, endpointId, owner, safekeepers } = await platform({
-          poolerMode: mode === 'transaction' ? PoolerMode.POOLER_MODE_TRANSACTION : PoolerMode.POOLER_MODE_SESSION,
-        });
-        const pooled = mode === 'transaction';
-        const setup = await gateway.connect(endpointId, owner);
-        clients.push(setup);
-        await setup.query('CREATE TABLE acked (id int PRIMARY KEY)');
-        await setup.end();
-        // Two of three safekeepers gone: no commit can reach a majority.
-        await Promise.all([safekeepers[1]!.stop(), safekeepers[2]!.stop()]);
-        try {
-          // statement_timeout does not end the wait (Postgres disables it before the commit), so the client is still
-          // waiting, not told COMMIT; a cancel then ends the wait, and the client gets the unknown outcome.
-          const timed = await gateway.connect(endpointId, { ...owner, pooled });
-          clients.push(timed);
-          await timed.query(`SET statement_timeout = '1s'`);
-          const timedOut = outcome(timed.query('INSERT INTO acked VALUES (1)'));
-          const early = await Promise.race([timedOut, new Promise<null>((resolve) => setTimeout(() => resolve(null), 3_000))]);
-          expect(early, 'an answer to a commit no majority acknowledged, 3 s after statement_timeout').to.equal(null);
-          await cancel(gateway.port, timed);
-          const afterTimeout = await withDeadline(timedOut, 20_000, 'an answer after the cancel');
-          expect(afterTimeout.ok, 'the commit was reported as done').to.equal(false);
-          expect(afterTimeout.code, afterTimeout.message).to.equal('08007');
-          expect(afterTimeout.message).to.contain('outcome of the transaction\'s commit is unknown');
-          expect(afterTimeout.hint).to.contain('Reconnect and check');
+    it('never reports COMMIT for a commit whose quorum wait was cut short, in session and transaction mode: the client is told its outcome is unknown', async () => {
+      // Transaction pooling for ep-…-pooler; a dedicated session without -pooler.
+      const { gateway, endpointId, owner, safekeepers } = await platform({ poolerMode: PoolerMode.POOLER_MODE_TRANSACTION });
+      const setup = await gateway.connect(endpointId, owner);
+      clients.push(setup);
+      await setup.query('CREATE TABLE acked (id int PRIMARY KEY)');
+      await setup.end();
+      // Two of three safekeepers gone: no commit can reach a majority.
+      await Promise.all([safekeepers[1]!.stop(), safekeepers[2]!.stop()]);
+      try {
+        // Session mode. statement_timeout does not end the wait (Postgres disables it before the commit), so the
+        // client is still waiting, not told COMMIT; a cancel then ends the wait, and the client learns the outcome is
+        // unknown.
+        const timed = await gateway.connect(endpointId, owner);
+        clients.push(timed);
+        await timed.query(`SET statement_timeout = '1s'`);
+        const timedOut = outcome(timed.query('INSERT INTO acked VALUES (1)'));
+        const early = await Promise.race([timedOut, new Promise<null>((resolve) => setTimeout(() => resolve(null), 3_000))]);
+        expect(early, 'an answer to a commit no majority acknowledged, 3 s after statement_timeout').to.equal(null);
+        await cancel(gateway.port, timed);
+        const afterTimeout = await withDeadline(timedOut, 20_000, 'an answer after the cancel');
+        expect(afterTimeout.ok, 'the commit was reported as done').to.equal(false);
+        expect(afterTimeout.code, afterTimeout.message).to.equal('08007');
+        expect(afterTimeout.message).to.contain('outcome of the transaction\'s commit is unknown');
+        expect(afterTimeout.hint).to.contain('Reconnect and check');
+        expect((await outcome(timed.query('SELECT 1'))).ok, 'the session-mode client\'s connection is closed').to.equal(false);
 
-          const explicit = await gateway.connect(endpointId, { ...owner, pooled });
-          clients.push(explicit);
-          const pid = Number((await explicit.query('SELECT pg_backend_pid() AS pid')).rows[0].pid);
-          await explicit.query('BEGIN');
-          await explicit.query('INSERT INTO acked VALUES (2)');
-          const committing = outcome(explicit.query('COMMIT'));
-          await new Promise((resolve) => setTimeout(resolve, 500));
-          await cancel(gateway.port, explicit);
-          const canceled = await withDeadline(committing, 20_000, 'an answer after the cancel');
-          expect(canceled.code, canceled.message).to.equal('08007');
-          // The client's connection is closed, and its server connection is not handed to anyone else.
-          expect((await outcome(explicit.query('SELECT 1'))).ok).to.equal(false);
-          await Promise.all([safekeepers[1]!.restart(), safekeepers[2]!.restart()]);
-          const next = await gateway.connect(endpointId, { ...owner, pooled });
-          clients.push(next);
-          expect(Number((await next.query('SELECT pg_backend_pid() AS pid')).rows[0].pid)).to.not.equal(pid);
-          // Unknown, not lost: here both commits became durable once a majority was back.
-          expect((await next.query('SELECT count(*)::int AS n FROM acked')).rows[0].n).to.be.within(0, 2);
-        } finally {
-          for (const node of safekeepers) if (node.process.exited) await node.restart();
-        }
-      });
-    }
+        // Transaction mode: an explicit COMMIT, canceled.
+        const pooled = await gateway.connect(endpointId, { ...owner, pooled: true });
+        clients.push(pooled);
+        const pid = Number((await pooled.query('SELECT pg_backend_pid() AS pid')).rows[0].pid);
+        await pooled.query('BEGIN');
+        await pooled.query('INSERT INTO acked VALUES (2)');
+        const committing = outcome(pooled.query('COMMIT'));
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        await cancel(gateway.port, pooled);
+        const canceled = await withDeadline(committing, 20_000, 'an answer after the cancel');
+        expect(canceled.ok, 'the commit was reported as done').to.equal(false);
+        expect(canceled.code, canceled.message).to.equal('08007');
+        expect((await outcome(pooled.query('SELECT 1'))).ok, 'the pooled client\'s connection is closed').to.equal(false);
+
+        await Promise.all([safekeepers[1]!.restart(), safekeepers[2]!.restart()]);
+        // Its server connection was not handed on: the next pooled client gets another backend.
+        const next = await gateway.connect(endpointId, { ...owner, pooled: true });
+        clients.push(next);
+        expect(Number((await next.query('SELECT pg_backend_pid() AS pid')).rows[0].pid)).to.not.equal(pid);
+        // Unknown is not lost: both commits were made locally and reach the safekeepers once a majority is back.
+        expect((await next.query('SELECT count(*)::int AS n FROM acked')).rows[0].n).to.equal(2);
+      } finally {
+        for (const node of safekeepers) if (node.process.exited) await node.restart();
+      }
+    });
   });
 
   describe('stalled and repeating clients', () => {
