@@ -26,7 +26,7 @@ import { promisify } from 'node:util';
 import type pg from 'pg';
 import { Harness, waitFor, type ComponentProcess, type LogLine } from '../test/harness/process.js';
 import { createTimeline, newTimelineId, startSafekeepers, type SafekeeperNode } from '../test/harness/safekeepers.js';
-import { ComputeNode } from '../test/harness/computes.js';
+import { ComputeNode, postgresSocketDir } from '../test/harness/computes.js';
 import { PageserverNode } from '../test/harness/pageserver.js';
 import { createSpgClient, openChannel, type SpgClient } from '../src/lib/grpc/client.js';
 import { AsyncQueue } from '../src/lib/async.js';
@@ -262,7 +262,8 @@ async function readStream(client: PageClient, target: ReadTarget, blocks: readon
 }
 
 function pgEnv(port: number): NodeJS.ProcessEnv {
-  return { ...process.env, PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: 'postgres', PGDATABASE: 'postgres' };
+  // A compute's superuser logs in over its private Unix socket only (TCP asks every role for SCRAM).
+  return { ...process.env, PGHOST: postgresSocketDir(port) ?? '127.0.0.1', PGPORT: String(port), PGUSER: 'postgres', PGDATABASE: 'postgres' };
 }
 
 /** The lines of `child` from `fromIndex` on with level warn, error or fatal. */

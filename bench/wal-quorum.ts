@@ -24,7 +24,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Harness, TempDir, waitFor } from '../test/harness/process.js';
 import { createTimeline, newTimelineId, startSafekeepers } from '../test/harness/safekeepers.js';
-import { ComputeNode } from '../test/harness/computes.js';
+import { ComputeNode, postgresSocketDir } from '../test/harness/computes.js';
 import { initdb, PostgresServer } from '../src/lib/pg/postgres.js';
 import { createLogger } from '../src/lib/log.js';
 import { freePort } from '../src/lib/net.js';
@@ -63,7 +63,8 @@ function percentile(sorted: number[], fraction: number): number {
 }
 
 function pgEnv(port: number): NodeJS.ProcessEnv {
-  return { ...process.env, PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: 'postgres', PGDATABASE: 'postgres' };
+  // A compute's superuser logs in over its private Unix socket only (TCP asks every role for SCRAM).
+  return { ...process.env, PGHOST: postgresSocketDir(port) ?? '127.0.0.1', PGPORT: String(port), PGUSER: 'postgres', PGDATABASE: 'postgres' };
 }
 
 async function initialize(port: number): Promise<void> {

@@ -33,6 +33,12 @@ const spec = {
   loginTimeoutS: { kind: 'integer', description: 'a client must finish its password exchange within this many seconds of its startup packet', default: 60, min: 1 },
   maxMessageMb: { kind: 'integer', description: 'the longest message a client may send, in MiB', default: 64, min: 1, max: 1024 },
   ...identitySpec,
+  maxUnfinishedPerAddress: {
+    kind: 'integer',
+    description: 'connections from one client address that have not proved a password yet; more are closed at once',
+    default: 64,
+    min: 1,
+  },
 } as const;
 
 await runComponent('gateway', spec, async (config) => {
@@ -69,6 +75,7 @@ await runComponent('gateway', spec, async (config) => {
     maxMessageBytes: config.maxMessageMb * 1024 * 1024,
     startupTimeoutMs: config.startupTimeoutS * 1000,
     loginTimeoutMs: config.loginTimeoutS * 1000,
+    maxUnfinishedPerAddress: config.maxUnfinishedPerAddress,
   });
   const port = await gateway.start();
   const { server, listen } = buildServer(log, { verifier: identity.verifier });

@@ -1,14 +1,15 @@
 /**
  * The users' Postgres roles on a compute and how they authenticate. The compute gets SCRAM-SHA-256 verifiers, never
  * passwords: Postgres stores a verifier given as a role's password as is. Only the agent's superuser `postgres`
- * logs in without a password, and only from the machine itself (the agent, its walproposer, the platform's tests);
- * every other role must prove its password with SCRAM over TCP.
+ * logs in without a password, and only over the private Unix socket as the agent's OS user (see
+ * {@link writeHbaFile}); every role must prove its password with SCRAM over TCP.
  *
  * Users' roles are members of {@link USERS_GROUP_ROLE}, which may create objects in the `public` schema of the
  * database `postgres` (since Postgres 15 only that database's owner may): the project's role can create its tables
  * there. A membership, unlike a privilege granted to the role itself, ends with DROP ROLE, so it never blocks one.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { DatabaseError, escapeIdentifier, escapeLiteral, type ClientBase } from 'pg';
 import { postgresOsUser } from '../lib/pg/os-user.js';
@@ -124,28 +125,42 @@ async function ensureUsersGroup(client: ClientBase): Promise<void> {
   if (schema.rows[0] && !schema.rows[0].granted) await client.query(`GRANT CREATE ON SCHEMA public TO ${group}`);
 }
 
+/** The pg_ident.conf map that lets the agent's OS user log in as `postgres` over the Unix socket. */
+export const AGENT_IDENT_MAP = 'spg99_agent';
+
 /**
- * Writes the data directory's pg_hba.conf (at every start: a basebackup brings the pageserver's): `trust` for the
- * superuser `postgres` from the machine itself only (the agent's connections and its replication stream need it),
- * `scram-sha-256` for every other role from anywhere. Postgres reads it at start.
+ * Writes the data directory's pg_hba.conf and pg_ident.conf (at every start: a basebackup brings the pageserver's).
+ * Nothing is trusted: the superuser `postgres` logs in only over the Unix socket, by peer authentication mapped from
+ * the agent's OS user (the socket's directory is 0700 and owned by Postgres' OS user, so no other local user even
+ * reaches it); over TCP every role, the superuser included, must prove a password with SCRAM, and `postgres` has
+ * none, so a local user who can reach the port gets no superuser (and no shell through COPY ... FROM PROGRAM).
+ * Postgres reads both files at start.
  */
-export function writeHbaFile(dataDir: string): void {
-  const file = path.join(dataDir, 'pg_hba.conf');
-  const text = [
+export function writeHbaFile(dataDir: string, agentOsUser = os.userInfo().username): void {
+  const hba = [
     '# Written by the SPG99 agent at every start: edits here are lost.',
     '# TYPE  DATABASE     USER      ADDRESS        METHOD',
-    'local   all          postgres                 trust',
-    'local   replication  postgres                 trust',
-    'host    all          postgres  127.0.0.1/32   trust',
-    'host    replication  postgres  127.0.0.1/32   trust',
-    'host    all          postgres  ::1/128        trust',
-    'host    replication  postgres  ::1/128        trust',
-    '# The superuser from anywhere else is refused; users prove their password with SCRAM.',
-    'host    all          postgres  all            reject',
+    `local   all          postgres                 peer map=${AGENT_IDENT_MAP}`,
+    `local   replication  postgres                 peer map=${AGENT_IDENT_MAP}`,
     'local   all          all                      scram-sha-256',
+    '# Replication is the walproposer\'s alone, over the socket.',
+    'host    replication  all       all            reject',
+    '# Everyone over TCP proves a password with SCRAM; the superuser has no password, so it never logs in here.',
     'host    all          all       all            scram-sha-256',
     '',
   ].join('\n');
+  const ident = [
+    '# Written by the SPG99 agent at every start: edits here are lost.',
+    '# MAPNAME        SYSTEM-USERNAME  PG-USERNAME',
+    `${AGENT_IDENT_MAP}    ${agentOsUser}    postgres`,
+    '',
+  ].join('\n');
+  writePrivate(path.join(dataDir, 'pg_hba.conf'), hba);
+  writePrivate(path.join(dataDir, 'pg_ident.conf'), ident);
+}
+
+/** Replaces `file` with `text`, 0600 and owned by Postgres' OS user. */
+function writePrivate(file: string, text: string): void {
   const temporary = `${file}.tmp`;
   fs.writeFileSync(temporary, text, { mode: 0o600 });
   const user = postgresOsUser();

@@ -18,7 +18,7 @@ import {
   type Tenant,
 } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { invalidArgument } from '../lib/grpc/errors.js';
-import { TIMELINE_ID_PATTERN } from '../lib/ids.js';
+import { DECEPTIVE_CHARACTERS, echo, TIMELINE_ID_PATTERN } from '../lib/ids.js';
 import { ID_PREFIXES, isId, type IdKind } from './ids.js';
 
 /** The scope of a key in the catalog. */
@@ -59,13 +59,18 @@ export const PLATFORM_ENDPOINT_DEFAULTS: EndpointSettingsRecord = {
 
 // ---- Validation of request fields ----
 
-/** A display name: 1 to 64 characters, no control characters, no surrounding spaces. */
+/** A display name: 1 to 64 characters, no control, bidirectional-control or zero-width characters, no surrounding spaces. */
 export function displayName(value: string, field: string): string {
   if (value === '') throw invalidArgument(`${field} is required: 1 to ${MAX_NAME_LENGTH} characters`);
   const length = [...value].length;
   if (length > MAX_NAME_LENGTH) throw invalidArgument(`${field} is ${length} characters long: at most ${MAX_NAME_LENGTH} are allowed`);
-  if (/[\u0000-\u001f\u007f]/.test(value)) throw invalidArgument(`${field} must not contain control characters (newlines, tabs)`);
-  if (value.trim() !== value) throw invalidArgument(`${field} ${JSON.stringify(value)} must not start or end with spaces`);
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(value)) throw invalidArgument(`${field} must not contain control characters (newlines, tabs)`);
+  if (DECEPTIVE_CHARACTERS.test(value)) {
+    throw invalidArgument(
+      `${field} must not contain bidirectional-text controls (U+202A-U+202E, U+2066-U+2069) or zero-width characters (U+200B-U+200F, U+FEFF): they make a name read as another`,
+    );
+  }
+  if (value.trim() !== value) throw invalidArgument(`${field} ${echo(value)} must not start or end with spaces`);
   return value;
 }
 
@@ -73,7 +78,7 @@ export function displayName(value: string, field: string): string {
 export function branchName(value: string, field: string): string {
   if (value.length > MAX_NAME_LENGTH) throw invalidArgument(`${field} is ${value.length} characters long: at most ${MAX_NAME_LENGTH} are allowed`);
   if (!/^[A-Za-z0-9][A-Za-z0-9._/-]*$/.test(value)) {
-    throw invalidArgument(`${field} ${JSON.stringify(value)} is not a branch name: letters, digits, '-', '_', '.' and '/', starting with a letter or digit`);
+    throw invalidArgument(`${field} ${echo(value)} is not a branch name: letters, digits, '-', '_', '.' and '/', starting with a letter or digit`);
   }
   return value;
 }
@@ -85,11 +90,11 @@ const RESERVED_ROLE_NAMES: ReadonlySet<string> = new Set(['postgres', 'public', 
 export function roleName(value: string, field: string): string {
   if (value.length > MAX_ROLE_NAME_LENGTH) throw invalidArgument(`${field} is ${value.length} characters long: at most ${MAX_ROLE_NAME_LENGTH} are allowed`);
   if (!/^[a-z_][a-z0-9_]*$/.test(value)) {
-    throw invalidArgument(`${field} ${JSON.stringify(value)} is not a role name: lowercase letters, digits and '_', not starting with a digit`);
+    throw invalidArgument(`${field} ${echo(value)} is not a role name: lowercase letters, digits and '_', not starting with a digit`);
   }
   if (value.startsWith('pg_') || value.startsWith('spg99_') || value.startsWith('current_') || RESERVED_ROLE_NAMES.has(value)) {
     throw invalidArgument(
-      `${field} ${JSON.stringify(value)} is reserved: role names must not start with pg_, spg99_ or current_, nor be ${[...RESERVED_ROLE_NAMES].join(', ')}`,
+      `${field} ${echo(value)} is reserved: role names must not start with pg_, spg99_ or current_, nor be ${[...RESERVED_ROLE_NAMES].join(', ')}`,
     );
   }
   return value;
@@ -100,7 +105,7 @@ export function idArgument(kind: IdKind, value: string, field: string): string {
   const shape = kind === 'endpoint' || kind === 'compute' ? '32 lowercase hex digits' : '16 lowercase letters and digits';
   if (value === '') throw invalidArgument(`${field} is required: ${ID_PREFIXES[kind]} followed by ${shape}`);
   if (!isId(kind, value)) {
-    throw invalidArgument(`${field} ${JSON.stringify(value.slice(0, 80))} is malformed: expected ${ID_PREFIXES[kind]} followed by ${shape}`);
+    throw invalidArgument(`${field} ${echo(value)} is malformed: expected ${ID_PREFIXES[kind]} followed by ${shape}`);
   }
   return value;
 }
@@ -109,7 +114,7 @@ export function idArgument(kind: IdKind, value: string, field: string): string {
 export function branchIdArgument(value: string, field: string): string {
   if (value === '') throw invalidArgument(`${field} is required: tl- followed by 32 lowercase hex digits (ListBranches shows a project's branches)`);
   if (!TIMELINE_ID_PATTERN.test(value)) {
-    throw invalidArgument(`${field} ${JSON.stringify(value.slice(0, 80))} is malformed: expected tl- followed by 32 lowercase hex digits`);
+    throw invalidArgument(`${field} ${echo(value)} is malformed: expected tl- followed by 32 lowercase hex digits`);
   }
   return value;
 }
@@ -117,7 +122,9 @@ export function branchIdArgument(value: string, field: string): string {
 /** A database name for a connection string: 1 to 63 characters, no control characters, no `/?#@`. */
 export function databaseName(value: string, field: string): string {
   if (value.length > MAX_ROLE_NAME_LENGTH) throw invalidArgument(`${field} is ${value.length} characters long: at most ${MAX_ROLE_NAME_LENGTH} are allowed`);
-  if (/[\u0000-\u001f\u007f/?#@]/.test(value)) throw invalidArgument(`${field} ${JSON.stringify(value)} is not a database name: no control characters or '/', '?', '#', '@'`);
+  if (/[\u0000-\u001f\u007f-\u009f/?#@]/.test(value) || DECEPTIVE_CHARACTERS.test(value)) {
+    throw invalidArgument(`${field} ${echo(value)} is not a database name: no control, bidirectional-control or zero-width characters, no '/', '?', '#', '@'`);
+  }
   return value;
 }
 

@@ -4,6 +4,7 @@
  * client's server name (SNI) for routing, plaintext only when allowed, limits on clients, the pools of server
  * connections, and the operations of the admin API (pause, resume, switch backend, list).
  */
+import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { Duplex } from 'node:stream';
@@ -25,10 +26,17 @@ import {
 import { Routing, RoutingError } from './routing.js';
 import { splitAddress } from './server-connection.js';
 import { ClientSession, randomKeyPart, type PoolKey, type SessionContext } from './session.js';
+import { ThrottledLog } from './throttled-log.js';
 
 const connectionsTotal = counter('spg99_gateway_connections_total', 'Client connections accepted, by how they ended their first packet', ['kind']);
 const clientsGauge = gauge('spg99_gateway_clients', 'Client connections now, by mode', ['mode']);
 const cancelsTotal = counter('spg99_gateway_cancel_requests_total', 'Cancel requests, by outcome', ['outcome']);
+const unfinishedGauge = gauge('spg99_gateway_unfinished_connections', 'Connections that have not proved a password yet');
+
+/** A client sent nothing usable within the startup timeout. */
+class StartupTimeoutError extends ProtocolError {
+  override name = 'StartupTimeoutError';
+}
 
 export interface GatewayOptions {
   host: string;
@@ -64,6 +72,20 @@ export interface GatewayOptions {
   startupTimeoutMs?: number;
   /** A client must have finished its password exchange within this time of its startup packet (default 60 s). */
   loginTimeoutMs?: number;
+  /**
+   * Connections from one client address that have not proved a password yet (from the connect to the end of the SCRAM
+   * exchange); one more is closed at once (default 64). Silent or stalling connections then cost a bounded number of
+   * descriptors per address, and a flood from one address cannot starve the others.
+   */
+  maxUnfinishedPerAddress?: number;
+  /**
+   * The secret the mock SCRAM salt of a role that does not exist is derived from (default: from the TLS key, so it is
+   * the same across restarts and replicas; random per process without TLS).
+   */
+  mockSaltSecret?: Buffer;
+  /** Failed logins of one credential (and address) before its answers are delayed, and the longest delay. */
+  authFailuresBeforeDelay?: number;
+  maxAuthDelayMs?: number;
 }
 
 /** Per endpoint: the pause gate, its clients and its pools. */
@@ -81,6 +103,11 @@ export class Gateway {
   private readonly sessions = new Set<ClientSession>();
   private readonly byCancelKey = new Map<string, ClientSession>();
   private readonly sockets = new Set<net.Socket>();
+  /** Per client address: its connections that have not proved a password yet. */
+  private readonly unfinished = new Map<string, number>();
+  private unfinishedTotal = 0;
+  private readonly startupTimeoutLog: ThrottledLog;
+  private readonly addressCapLog: ThrottledLog;
   private housekeeping: NodeJS.Timeout | null = null;
   private readonly sessionContext: SessionContext;
   private stopping = false;
@@ -88,7 +115,15 @@ export class Gateway {
   constructor(private readonly options: GatewayOptions) {
     if (!options.tls && !options.allowPlaintext) throw new Error('the gateway needs a TLS certificate, or plaintext allowed');
     this.secureContext = options.tls ? tls.createSecureContext({ cert: options.tls.cert, key: options.tls.key }) : null;
-    this.routing = new Routing({ controlPlane: options.controlPlane, wakeTimeoutMs: options.wakeTimeoutMs ?? 60_000 });
+    this.routing = new Routing({
+      controlPlane: options.controlPlane,
+      wakeTimeoutMs: options.wakeTimeoutMs ?? 60_000,
+      mockSaltSecret: options.mockSaltSecret ?? mockSaltSecretOf(options.tls?.key),
+      authFailuresBeforeDelay: options.authFailuresBeforeDelay,
+      maxAuthDelayMs: options.maxAuthDelayMs,
+    });
+    this.startupTimeoutLog = new ThrottledLog(options.log, 'closed a connection that sent no startup packet within the startup timeout');
+    this.addressCapLog = new ThrottledLog(options.log, 'refused a connection: its address has as many unfinished logins as allowed (--max-unfinished-per-address)');
     this.sessionContext = {
       routing: this.routing,
       log: this.options.log,
@@ -155,24 +190,59 @@ export class Gateway {
       socket.destroy();
       return;
     }
-    this.sockets.add(socket);
-    socket.once('close', () => this.sockets.delete(socket));
     socket.on('error', () => undefined);
-    const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    const address = socket.remoteAddress ?? '?';
+    const remote = `${address}:${socket.remotePort ?? 0}`;
+    const cap = this.options.maxUnfinishedPerAddress ?? 64;
+    const unfinished = this.unfinished.get(address) ?? 0;
+    if (unfinished >= cap) {
+      connectionsTotal.inc({ kind: 'over-address-cap' });
+      this.addressCapLog.event({ remote, unfinished, cap });
+      // Closed at once: a flood from one address must not cost a descriptor for longer than this.
+      socket.end(errorResponse({ code: '53300', message: `too many connections from ${address} that have not logged in yet`, hint: 'Finish or close the pending logins, then connect again.' }));
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    this.unfinished.set(address, unfinished + 1);
+    this.unfinishedTotal += 1;
+    unfinishedGauge.set(this.unfinishedTotal);
+    let counted = true;
+    // Once the client proved its password, or left, it no longer counts against its address.
+    const finished = () => {
+      if (!counted) return;
+      counted = false;
+      this.unfinishedTotal -= 1;
+      unfinishedGauge.set(this.unfinishedTotal);
+      const left = (this.unfinished.get(address) ?? 1) - 1;
+      if (left <= 0) this.unfinished.delete(address);
+      else this.unfinished.set(address, left);
+    };
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      finished();
+    });
+    const raw = socket;
     const current = { socket: socket as net.Socket };
-    this.handshake(socket, remote, current).catch((error: unknown) => {
+    this.handshake(socket, remote, current, finished).catch((error: unknown) => {
       const socket = current.socket;
-      if (error instanceof ProtocolError || error instanceof RoutingError) {
+      if (error instanceof StartupTimeoutError) {
+        connectionsTotal.inc({ kind: 'startup-timeout' });
+        this.startupTimeoutLog.event({ remote, startupTimeoutMs: this.options.startupTimeoutMs ?? 10_000 });
+        closeWith(socket, errorResponse({ code: error.code, message: error.message }));
+      } else if (error instanceof ProtocolError || error instanceof RoutingError) {
         connectionsTotal.inc({ kind: 'refused' });
-        if (!socket.destroyed) socket.end(errorResponse({ code: error.code, message: error.message, hint: error instanceof RoutingError ? error.hint : undefined }));
+        closeWith(socket, errorResponse({ code: error.code, message: error.message, hint: error instanceof RoutingError ? error.hint : undefined }));
       } else {
         this.options.log.debug({ err: error, remote }, 'a connection ended before its startup');
         socket.destroy();
       }
+      // The raw socket under a TLS one goes too, whatever the TLS layer does with it.
+      if (socket !== raw) setTimeout(() => raw.destroy(), 1_000).unref();
     });
   }
 
-  private async handshake(raw: net.Socket, remote: string, current: { socket: net.Socket }): Promise<void> {
+  private async handshake(raw: net.Socket, remote: string, current: { socket: net.Socket }, authenticated: () => void): Promise<void> {
     let socket: net.Socket = raw;
     let secure = false;
     let serverName: string | undefined;
@@ -212,6 +282,8 @@ export class Gateway {
         connectionsTotal.inc({ kind: 'cancel' });
         this.cancel(packet.processId, packet.secretKey);
         socket.end();
+        // A client that never closes its side must not keep the descriptor.
+        setTimeout(() => socket.destroy(), 1_000).unref();
         return;
       }
       break;
@@ -231,6 +303,7 @@ export class Gateway {
     }
     connectionsTotal.inc({ kind: secure ? 'tls' : 'plaintext' });
     const session = new ClientSession(socket, remote, secure, serverName, this.sessionContext, this.options.domain);
+    session.onAuthenticated = authenticated;
     this.sessions.add(session);
     socket.once('close', () => this.sessions.delete(session));
     await session.run(startup.parameters, first.leftover);
@@ -384,6 +457,22 @@ export class Gateway {
   }
 }
 
+/**
+ * Ends `socket` with `response` and destroys it: `end()` alone leaves the descriptor open for as long as a client
+ * that never closes its side wants (24,000 silent connections once exhausted the gateway's descriptors). The short
+ * grace lets the error reach the client first.
+ */
+function closeWith(socket: net.Socket, response: Buffer): void {
+  if (socket.destroyed) return;
+  socket.end(response);
+  setTimeout(() => socket.destroy(), 1_000).unref();
+}
+
+/** The mock-salt secret derived from the TLS key (stable across restarts and replicas), or random without one. */
+function mockSaltSecretOf(tlsKey: Buffer | undefined): Buffer {
+  return tlsKey ? createHash('sha256').update('spg99 gateway mock SCRAM salt\0').update(tlsKey).digest() : randomBytes(32);
+}
+
 /** The client keys each pool opens its connections with (kept apart from the pool: they are secrets). */
 const credentialsOf = new WeakMap<Pool, { clientKey: Buffer; serverKey: Buffer }>();
 
@@ -391,7 +480,7 @@ const credentialsOf = new WeakMap<Pool, { clientKey: Buffer; serverKey: Buffer }
 function readFirstPacket(socket: net.Socket | tls.TLSSocket, timeoutMs: number): Promise<{ packet: FirstPacket; leftover: Buffer; direct?: false } | { direct: true; leftover: Buffer; packet: never }> {
   return new Promise((resolve, reject) => {
     let buffered: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => finish(new ProtocolError('no startup packet within the time allowed', '08P01')), timeoutMs);
+    const timer = setTimeout(() => finish(new StartupTimeoutError('no startup packet within the time allowed', '08P01')), timeoutMs);
     const finish = (error: Error | null, value?: Parameters<typeof resolve>[0]) => {
       clearTimeout(timer);
       socket.off('data', onData);

@@ -1,11 +1,14 @@
 /**
  * How the gateway finds an endpoint and its users: the endpoint named by the client (SNI `ep-<id>[-pooler].<domain>`
  * or `options=endpoint=ep-<id>[-pooler]`), its route and role verifiers from the control plane (cached for the time
- * the control plane allows), wake-on-connect, and a limit on failed password attempts.
+ * the control plane allows), wake-on-connect, mock verifiers of roles that do not exist, and the delays that slow
+ * password guessing.
  */
 import { ControlPlaneInternalServiceDefinition, EndpointState, PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import type { SpgClient } from '../lib/grpc/client.js';
+import { createHmac, randomBytes } from 'node:crypto';
 import { ClientError, Status } from '../lib/grpc/errors.js';
+import { DEFAULT_SALT_LENGTH, DEFAULT_SCRAM_ITERATIONS, type ScramVerifier } from '../lib/scram.js';
 
 /** An endpoint id as clients write it: `ep-` and 32 lowercase hex digits. */
 const ENDPOINT_ID = /^ep-[0-9a-f]{32}$/;
@@ -25,6 +28,11 @@ export class RoutingError extends Error {
     /** SQLSTATE: 08001 (cannot connect), 28000/28P01 (auth), 3D000... */
     readonly code: string,
     readonly hint?: string,
+    /**
+     * What went wrong inside the platform (method paths, addresses, compute ids): logged with the client's trace id,
+     * never sent to the client.
+     */
+    readonly internal?: string,
   ) {
     super(message);
   }
@@ -85,9 +93,16 @@ export interface RoutingOptions {
   wakeTimeoutMs: number;
   /** How long a role's verifier is trusted (a reset password reaches the gateway within it). */
   verifierTtlMs?: number;
-  /** Failed password attempts per (client address, endpoint) within {@link failureWindowMs} before refusing. */
-  maxAuthFailures?: number;
+  /**
+   * Failed logins of one credential (endpoint and role) from one address within {@link failureWindowMs} before the
+   * answers to its proofs are delayed (default 5; from all addresses together, four times as many).
+   */
+  authFailuresBeforeDelay?: number;
+  /** The longest delay of an answer to a proof (default 5 s). */
+  maxAuthDelayMs?: number;
   failureWindowMs?: number;
+  /** The secret the mock salts of roles that do not exist are derived from (default: random per process). */
+  mockSaltSecret?: Buffer;
   now?: () => number;
 }
 
@@ -98,9 +113,21 @@ export class Routing {
   private readonly verifiers = new Map<string, { verifier: string | null; until: number }>();
   private readonly failures = new Map<string, number[]>();
   private readonly now: () => number;
+  private readonly mockSaltSecret: Buffer;
 
   constructor(private readonly options: RoutingOptions) {
     this.now = options.now ?? Date.now;
+    this.mockSaltSecret = options.mockSaltSecret ?? randomBytes(32);
+  }
+
+  /**
+   * The verifier a role that does not exist is challenged with: the salt derived from the endpoint and role with the
+   * gateway's secret (the same at every attempt, as PostgreSQL's scram_mock_salt), the iteration count of real
+   * verifiers, and keys no proof can match. So the server-first-message does not tell whether the role exists.
+   */
+  mockVerifier(endpointId: string, roleName: string): ScramVerifier {
+    const salt = createHmac('sha256', this.mockSaltSecret).update(`${endpointId}\0${roleName}`).digest().subarray(0, DEFAULT_SALT_LENGTH);
+    return { iterations: DEFAULT_SCRAM_ITERATIONS, salt, storedKey: randomBytes(32), serverKey: randomBytes(32) };
   }
 
   /** The role's SCRAM verifier, or null when the endpoint has no such role. RoutingError for an unknown endpoint. */
@@ -182,7 +209,14 @@ export class Routing {
         if (error.code === Status.DEADLINE_EXCEEDED) {
           throw new RoutingError(`endpoint ${endpointId} did not start within ${Math.round(this.options.wakeTimeoutMs / 1000)} s`, '08001', 'Try again; if it keeps failing, look at the endpoint\'s state (spg99 endpoints get).');
         }
-        if (error.code === Status.FAILED_PRECONDITION) throw new RoutingError(`endpoint ${endpointId} cannot start: ${error.details}`, '08001', 'Start it again with spg99 endpoints start, or look at its state.');
+        if (error.code === Status.FAILED_PRECONDITION) {
+          throw new RoutingError(
+            `endpoint ${endpointId} cannot start`,
+            '08001',
+            'Look at its state and reason (spg99 endpoints get), start it again with spg99 endpoints start, then reconnect.',
+            `the control plane refused the wake: ${error.details}`,
+          );
+        }
       }
       throw unavailable(error);
     }
@@ -194,23 +228,29 @@ export class Routing {
     return route;
   }
 
-  /** Throws when `client` failed too many logins at the endpoint lately. */
-  checkAuthRate(client: string, endpointId: string): void {
-    const recent = this.recentFailures(`${client}\0${endpointId}`);
-    if (recent.length >= (this.options.maxAuthFailures ?? 10)) {
-      throw new RoutingError(
-        `too many failed password attempts for endpoint ${endpointId} from ${client}`,
-        '28000',
-        `Wait ${Math.round((this.options.failureWindowMs ?? 60_000) / 1000)} s before trying again.`,
-      );
-    }
+  /**
+   * How long to hold the answer to a password proof for `roleName` at `endpointId` from `client`: nothing for the
+   * first few failures, then doubling up to {@link RoutingOptions.maxAuthDelayMs}. The same for a right and a wrong
+   * proof (an attacker who gave up waiting would otherwise learn the answer from a fast success), and never a
+   * refusal: a user behind the same address as an attacker still logs in, only slower.
+   */
+  authDelayMs(client: string, endpointId: string, roleName: string): number {
+    const free = this.options.authFailuresBeforeDelay ?? 5;
+    const fromAddress = this.recentFailures(addressKey(client, endpointId, roleName)).length - free;
+    const fromAll = this.recentFailures(credentialKey(endpointId, roleName)).length - 4 * free;
+    const excess = Math.max(fromAddress, fromAll);
+    if (excess < 0) return 0;
+    return Math.min(this.options.maxAuthDelayMs ?? 5_000, 100 * 2 ** Math.min(excess, 20));
   }
 
-  recordAuthFailure(client: string, endpointId: string): void {
-    const key = `${client}\0${endpointId}`;
-    const recent = this.recentFailures(key);
-    recent.push(this.now());
-    this.failures.set(key, recent);
+  /** Counts a failed login (a wrong proof, or a client that left after the server's challenge). */
+  recordAuthFailure(client: string, endpointId: string, roleName: string): void {
+    if (this.failures.size > 100_000) this.pruneFailures();
+    for (const key of [addressKey(client, endpointId, roleName), credentialKey(endpointId, roleName)]) {
+      const recent = this.recentFailures(key);
+      recent.push(this.now());
+      this.failures.set(key, recent);
+    }
   }
 
   private recentFailures(key: string): number[] {
@@ -219,9 +259,26 @@ export class Routing {
     if (recent.length === 0) this.failures.delete(key);
     return recent;
   }
+
+  /** Bounds the memory an attacker with many role names can take: expired entries go, then the oldest. */
+  private pruneFailures(): void {
+    for (const key of [...this.failures.keys()]) this.recentFailures(key);
+    for (const key of this.failures.keys()) {
+      if (this.failures.size <= 50_000) break;
+      this.failures.delete(key);
+    }
+  }
+}
+
+function addressKey(client: string, endpointId: string, roleName: string): string {
+  return `a\0${client}\0${endpointId}\0${roleName}`;
+}
+
+function credentialKey(endpointId: string, roleName: string): string {
+  return `c\0${endpointId}\0${roleName}`;
 }
 
 function unavailable(error: unknown): RoutingError {
   const detail = error instanceof Error ? error.message : String(error);
-  return new RoutingError(`the control plane is not reachable (${detail.slice(0, 200)})`, '08001', 'Try again in a moment.');
+  return new RoutingError('the platform cannot route the connection right now', '08001', 'Try again in a moment.', `the control plane is not reachable: ${detail.slice(0, 500)}`);
 }

@@ -188,7 +188,7 @@ export class ServerConnection {
               scram.handleServerFinal(msg.toString('utf8', 9));
               return;
             }
-            throw new ServerConnectError(`${options.address} asked for authentication method ${code}; the gateway speaks SCRAM-SHA-256 only`, '28000');
+            throw new ServerConnectError(`the database asked for authentication method ${code}; the gateway speaks SCRAM-SHA-256 only`, '28000');
           }
           case MessageType.parameterStatus: {
             const name = readCString(msg, 5);

@@ -12,11 +12,11 @@
  *   Statements that change the session (SET, PREPARE, LISTEN, temporary tables, advisory locks...) mark the server
  *   connection dirty, and it is reset (DISCARD ALL) before another client gets it.
  */
-import { createHash, randomBytes, randomInt } from 'node:crypto';
+import { createHash, randomInt } from 'node:crypto';
 import type { Socket } from 'node:net';
-import type { Logger } from '../lib/log.js';
+import { newTraceId, type Logger } from '../lib/log.js';
 import { counter, histogram } from '../lib/metrics.js';
-import { createVerifier, ScramAuthError, ScramProtocolError, ScramServerSession, parseVerifier } from '../lib/scram.js';
+import { ScramAuthError, ScramProtocolError, ScramServerSession, parseVerifier } from '../lib/scram.js';
 import type { EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { PoolTimeoutError, type Pool } from './pool.js';
 import {
@@ -32,6 +32,7 @@ import {
   MessageType,
   PARSE_COMPLETE,
   parameterStatus,
+  parseErrorFields,
   parseMessage,
   ProtocolError,
   readBind,
@@ -46,6 +47,7 @@ import { endpointOf, RoutingError, type EndpointName, type Routing } from './rou
 import { ServerConnectError, type ServerConnection } from './server-connection.js';
 
 const authFailures = counter('spg99_gateway_auth_failures_total', 'Failed client logins', ['reason']);
+const authDelays = counter('spg99_gateway_auth_delays_total', 'Answers to password proofs held back because their credential failed often lately');
 const wakeSeconds = histogram('spg99_gateway_wake_seconds', 'Time from a client\'s login to a server connection for it (includes cold starts)', [], [0.01, 0.05, 0.2, 0.5, 1, 2, 5, 10, 30, 60]);
 const transactionsTotal = counter('spg99_gateway_transactions_total', 'Transactions pooled in transaction mode');
 
@@ -135,6 +137,10 @@ export class ClientSession {
   state: ClientSessionState = 'connecting';
   transactions = 0n;
   cancelKey = { processId: 0, secretKey: 0 };
+  /** Called once the client proved its password (the gateway stops counting it as an unfinished login). */
+  onAuthenticated: (() => void) | null = null;
+  /** Names this client's failures in the gateway's log and in what the client is told. */
+  readonly traceId = newTraceId();
 
   private server: ServerConnection | null = null;
   private pool: Pool | null = null;
@@ -152,6 +158,8 @@ export class ClientSession {
   private toServer: Buffer[] = [];
   private toClient: Buffer[] = [];
   private readonly onServerData = (chunk: Buffer) => this.serverData(chunk);
+  /** Postgres' notice that a commit's synchronous-replication wait was cut short, once seen: the session ends. */
+  private commitUnacknowledged: string | null = null;
 
   constructor(
     private readonly socket: Socket,
@@ -213,12 +221,13 @@ export class ClientSession {
     this.database = parameters.get('database') || user;
     this.applicationName = parameters.get('application_name') ?? '';
     this.context.admit(this, null);
-    routing.checkAuthRate(this.remoteAddress.replace(/:\d+$/, ''), name.endpointId);
+    const address = this.remoteAddress.replace(/:\d+$/, '');
 
-    // Authentication before anything wakes: a wrong password costs the platform nothing.
+    // Authentication before anything wakes: a wrong password costs the platform nothing. A role that does not exist
+    // gets a mock verifier (a stable salt), so the exchange looks the same as for one that does.
     const verifierText = await routing.verifier(name.endpointId, user);
-    const verifier = verifierText ?? createVerifier(randomBytes(24).toString('base64'));
-    const scram = new ScramServerSession(parseVerifier(verifier));
+    const verifier = verifierText === null ? routing.mockVerifier(name.endpointId, user) : parseVerifier(verifierText);
+    const scram = new ScramServerSession(verifier);
     this.socket.write(authenticationSasl());
     const initial = await reader.next();
     if (initial[0] !== MessageType.password) throw new ProtocolError('expected a SASLInitialResponse');
@@ -233,24 +242,38 @@ export class ClientSession {
     }
     const clientFirst = initial.toString('utf8', mechanism.next + 4, mechanism.next + 4 + length);
     this.socket.write(authenticationSaslContinue(scram.handleClientFirst(clientFirst)));
-    const final = await reader.next();
+    let final: Buffer;
+    try {
+      final = await reader.next();
+    } catch (error) {
+      // Leaving after the challenge is a guess too: a client could otherwise time proofs without ever being counted.
+      routing.recordAuthFailure(address, name.endpointId, user);
+      authFailures.inc({ reason: 'abandoned' });
+      throw error;
+    }
     if (final[0] !== MessageType.password) throw new ProtocolError('expected a SASLResponse');
-    let outcome: { serverFinal: string; clientKey: Buffer };
+    // The delay is decided before this attempt counts, and holds a right proof as long as a wrong one.
+    const delayMs = routing.authDelayMs(address, name.endpointId, user);
+    let outcome: { serverFinal: string; clientKey: Buffer } | null = null;
     try {
       outcome = scram.handleClientFinal(final.toString('utf8', 5));
       if (verifierText === null) throw new ScramAuthError('no such role');
     } catch (error) {
-      if (error instanceof ScramAuthError) {
-        routing.recordAuthFailure(this.remoteAddress.replace(/:\d+$/, ''), name.endpointId);
-        routing.forgetVerifier(name.endpointId, user);
-        authFailures.inc({ reason: 'password' });
-        throw new RoutingError(`password authentication failed for user "${user}"`, '28P01');
-      }
-      throw error;
+      if (!(error instanceof ScramAuthError)) throw error;
+      outcome = null;
+      routing.recordAuthFailure(address, name.endpointId, user);
+      routing.forgetVerifier(name.endpointId, user);
+      authFailures.inc({ reason: 'password' });
     }
+    if (delayMs > 0) {
+      authDelays.inc();
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+    }
+    if (!outcome) throw new RoutingError(`password authentication failed for user "${user}"`, '28P01');
     this.socket.write(authenticationSaslFinal(outcome.serverFinal));
     clearTimeout(this.loginTimer);
-    const credentials = { clientKey: outcome.clientKey, serverKey: parseVerifier(verifier).serverKey };
+    this.onAuthenticated?.();
+    const credentials = { clientKey: outcome.clientKey, serverKey: verifier.serverKey };
 
     // Wake (when stopped) and take a server connection: its ParameterStatus is what the client is told.
     const started = Date.now();
@@ -306,7 +329,10 @@ export class ClientSession {
   private failLogin(error: unknown): void {
     const { log } = this.context;
     let response: Buffer;
-    if (error instanceof RoutingError) {
+    if (error instanceof RoutingError && error.internal) {
+      log.warn({ traceId: this.traceId, clientId: String(this.clientId), endpointId: this.endpoint?.endpointId, reason: error.internal }, 'a client login failed inside the platform');
+      response = errorResponse({ code: error.code, message: `${error.message} (trace id ${this.traceId})`, hint: error.hint });
+    } else if (error instanceof RoutingError) {
       response = errorResponse({ code: error.code, message: error.message, hint: error.hint });
     } else if (error instanceof ProtocolError) {
       response = errorResponse({ code: error.code, message: error.message });
@@ -314,7 +340,7 @@ export class ClientSession {
       authFailures.inc({ reason: 'protocol' });
       response = errorResponse({ code: '08P01', message: error.message });
     } else if (error instanceof ServerConnectError) {
-      response = errorResponse({ code: error.sqlState ?? '08001', message: `cannot connect to the endpoint's database: ${error.message}`, hint: 'Try again in a moment.' });
+      response = this.serverConnectFailure(error);
     } else if (error instanceof PoolTimeoutError) {
       response = errorResponse({ code: '53300', message: error.message, hint: 'The endpoint is busy: retry, or use fewer connections at once.' });
     } else if (error instanceof ClientGone) {
@@ -328,6 +354,19 @@ export class ClientSession {
     this.close();
   }
 
+  /**
+   * What a client is told when no server connection could be opened. Postgres' own refusals (too many clients, the
+   * database is starting) pass on; anything about the platform's insides (addresses, compute ids) is logged with the
+   * trace id and the client gets a generic message with it.
+   */
+  private serverConnectFailure(error: ServerConnectError, hint = 'Try again in a moment; if it keeps failing, report the trace id.'): Buffer {
+    if (error.sqlState && !error.unreachable) {
+      return errorResponse({ code: error.sqlState, message: `the endpoint's database refused the connection: ${error.message}`, hint });
+    }
+    this.context.log.warn({ traceId: this.traceId, clientId: String(this.clientId), endpointId: this.endpoint?.endpointId, reason: error.message }, 'cannot open a server connection for a client');
+    return errorResponse({ code: '08001', message: `cannot connect to the endpoint's database right now (trace id ${this.traceId})`, hint });
+  }
+
   // ---- Proxying ----
 
   private startProxy(rest: Buffer): void {
@@ -338,7 +377,10 @@ export class ClientSession {
       'client',
     );
     this.serverScanner = new FrameScanner(
-      transaction ? (type) => type !== MessageType.dataRow && type !== MessageType.copyData && type !== MessageType.noticeResponse : (type) => type === MessageType.readyForQuery,
+      // Notices are looked at in both modes: one may say that a commit was not acknowledged by a quorum.
+      transaction
+        ? (type) => type !== MessageType.dataRow && type !== MessageType.copyData
+        : (type) => type === MessageType.readyForQuery || type === MessageType.noticeResponse,
       1 << 30,
       'server',
     );
@@ -440,12 +482,17 @@ export class ClientSession {
       },
       (error: unknown) => {
         this.acquiring = false;
-        const message =
-          error instanceof PoolTimeoutError
-            ? error.message
-            : `cannot reach the endpoint's database: ${error instanceof Error ? error.message : String(error)}`;
         if (error instanceof ServerConnectError && error.unreachable && this.endpoint) this.context.routing.invalidate(this.endpoint.endpointId);
-        this.socket.end(errorResponse({ code: error instanceof PoolTimeoutError ? '53300' : '08006', message, hint: 'Reconnect and retry the transaction.' }));
+        let response: Buffer;
+        if (error instanceof PoolTimeoutError) {
+          response = errorResponse({ code: '53300', message: error.message, hint: 'Reconnect and retry the transaction.' });
+        } else if (error instanceof ServerConnectError) {
+          response = this.serverConnectFailure(error, 'Reconnect and retry the transaction.');
+        } else {
+          this.context.log.warn({ traceId: this.traceId, clientId: String(this.clientId), err: error }, 'no server connection for a pooled transaction');
+          response = errorResponse({ code: '08006', message: `cannot reach the endpoint's database (trace id ${this.traceId})`, hint: 'Reconnect and retry the transaction.' });
+        }
+        this.socket.end(response);
         this.close();
       },
     );
@@ -591,15 +638,25 @@ export class ClientSession {
       this.close();
       return;
     }
+    if (this.commitUnacknowledged) {
+      this.endWithUnknownOutcome();
+      return;
+    }
     this.flushToClient(chunk);
     if (this.mode === 'transaction') this.maybeRelease();
   }
 
   private readonly serverSink = {
     pass: (bytes: Buffer) => {
-      this.toClient.push(bytes);
+      // Nothing after the notice that a commit was not acknowledged reaches the client (its COMMIT above all).
+      if (!this.commitUnacknowledged) this.toClient.push(bytes);
     },
     message: (type: number, msg: Buffer) => {
+      if (this.commitUnacknowledged) return;
+      if (type === MessageType.noticeResponse && isSyncRepCancelNotice(msg)) {
+        this.commitUnacknowledged = parseErrorFields(msg).get('M') ?? 'canceling wait for synchronous replication';
+        return;
+      }
       if (this.mode === 'session') {
         if (type === MessageType.readyForQuery && this.server) {
           this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
@@ -708,6 +765,32 @@ export class ClientSession {
     }
   }
 
+  /**
+   * Postgres ended a commit's wait for the safekeepers' quorum early (a cancel, or the backend being terminated) and
+   * committed locally only: it would now report COMMIT, but the commit is durable only if a majority of safekeepers
+   * has its WAL, which nobody knows. The client is told exactly that, as after a network loss, and the server
+   * connection is not reused (it is destroyed, not returned to the pool).
+   */
+  private endWithUnknownOutcome(): void {
+    const reason = this.commitUnacknowledged ?? '';
+    // What came before the notice (earlier results of a pipeline) is the client's.
+    this.flushToClient();
+    this.context.log.warn(
+      { traceId: this.traceId, clientId: String(this.clientId), endpointId: this.endpoint?.endpointId, postgres: reason },
+      'a commit was not acknowledged by a majority of safekeepers: closing the client with its outcome unknown',
+    );
+    const server = this.detach();
+    if (server) this.pool?.release(server, false);
+    this.socket.end(
+      errorResponse({
+        code: '08007',
+        message: `the outcome of the transaction's commit is unknown: its wait for the commit to reach a majority of safekeepers was interrupted (${reason}), so it may or may not be durable (trace id ${this.traceId})`,
+        hint: 'Reconnect and check whether the transaction\'s changes are there before retrying it, as after a lost connection.',
+      }),
+    );
+    this.close();
+  }
+
   /** The server connection closed under the client. */
   serverLost(): void {
     if (this.closed || !this.server) return;
@@ -723,6 +806,7 @@ export class ClientSession {
     if (server && this.pool) {
       // Reusable only between transactions and with nothing outstanding.
       const clean =
+        this.commitUnacknowledged === null &&
         server.transactionStatus === 'I' &&
         this.expected.length === 0 &&
         this.awaitingReady === 0 &&
@@ -734,6 +818,25 @@ export class ClientSession {
     if (!this.socket.destroyed) this.socket.end();
     setTimeout(() => this.socket.destroy(), 1_000).unref();
   }
+}
+
+/**
+ * Whether a NoticeResponse is Postgres' warning that it stopped waiting for the synchronous standby (the agent's
+ * walproposer: a majority of safekeepers) and committed locally only. syncrep.c (PG18) sends, at severity WARNING:
+ * "canceling wait for synchronous replication due to user request" (SQLSTATE 01000, on a cancel request), or
+ * "canceling the wait for synchronous replication and terminating connection due to administrator command" (57P01,
+ * pg_terminate_backend or a shutdown), both with the detail "The transaction has already committed locally, but might
+ * not have been replicated to the standby." The non-localized severity (V) is used; messages stay in English (lc_messages
+ * is for superusers only). A user can RAISE the same warning in their own session: that only closes their own connection.
+ */
+export function isSyncRepCancelNotice(msg: Buffer): boolean {
+  const fields = parseErrorFields(msg);
+  if ((fields.get('V') ?? fields.get('S')) !== 'WARNING') return false;
+  const code = fields.get('C');
+  const text = fields.get('M') ?? '';
+  if (code === '01000' && text.startsWith('canceling wait for synchronous replication')) return true;
+  if (code === '57P01' && text.startsWith('canceling the wait for synchronous replication')) return true;
+  return (code === '01000' || code === '57P01') && (fields.get('D') ?? '').startsWith('The transaction has already committed locally');
 }
 
 /**

@@ -19,7 +19,7 @@ import type { Duration } from '../../gen/google/protobuf/duration.js';
 import type { RelFork } from './pages.js';
 import { beforeDeadline, type ServerContextExtension } from '../lib/grpc/server.js';
 import { invalidArgument, notFound, ServerError, Status } from '../lib/grpc/errors.js';
-import { TIMELINE_ID_PATTERN } from '../lib/ids.js';
+import { echo, TIMELINE_ID_PATTERN } from '../lib/ids.js';
 import { formatLsn, isValidLsn, type Lsn } from '../lib/lsn.js';
 import { parseHostPort } from '../lib/config.js';
 import type { SnapshotIndex } from './layout.js';
@@ -30,7 +30,7 @@ const TAR_CHUNK_BYTES = 1024 * 1024;
 
 function timelineId(value: string, field = 'timeline_id'): string {
   if (!value) throw invalidArgument(`${field} is required: tl- followed by 32 lowercase hex digits`);
-  if (!TIMELINE_ID_PATTERN.test(value)) throw invalidArgument(`${field} "${value}" is malformed: expected tl- followed by 32 lowercase hex digits`);
+  if (!TIMELINE_ID_PATTERN.test(value)) throw invalidArgument(`${field} ${echo(value)} is malformed: expected tl- followed by 32 lowercase hex digits`);
   return value;
 }
 

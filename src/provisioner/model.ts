@@ -5,7 +5,7 @@
 import type { Compute as ComputeMessage, ComputeSpec as ComputeSpecMessage, StopComputeRequest } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import { StopMode } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import { invalidArgument } from '../lib/grpc/errors.js';
-import { TIMELINE_ID_PATTERN } from '../lib/ids.js';
+import { echo, TIMELINE_ID_PATTERN } from '../lib/ids.js';
 import type { ComputeView, ComputeSpec, StopOptions } from './driver.js';
 
 /** Compute ids: `cp-` and 32 lowercase hex digits. */
@@ -44,7 +44,7 @@ export const AGENT_OWNED_SETTINGS: ReadonlySet<string> = new Set([
 export function parseComputeId(computeId: string, field = 'compute_id'): string {
   if (!computeId) throw invalidArgument(`${field} is required: cp- followed by 32 lowercase hex digits`);
   if (!COMPUTE_ID_PATTERN.test(computeId)) {
-    throw invalidArgument(`${field} must be cp- followed by 32 lowercase hex digits, got "${computeId}"`);
+    throw invalidArgument(`${field} must be cp- followed by 32 lowercase hex digits, got ${echo(computeId)}`);
   }
   return computeId;
 }
@@ -52,7 +52,7 @@ export function parseComputeId(computeId: string, field = 'compute_id'): string 
 function parseHostPortField(value: string, field: string): string {
   const port = Number(value.slice(value.lastIndexOf(':') + 1));
   if (!HOST_PORT_PATTERN.test(value) || port < 1 || port > 65535) {
-    throw invalidArgument(`${field} must be host:port with a port from 1 to 65535 (e.g. 127.0.0.1:7600), got "${value}"`);
+    throw invalidArgument(`${field} must be host:port with a port from 1 to 65535 (e.g. 127.0.0.1:7600), got ${echo(value)}`);
   }
   return value;
 }
@@ -61,10 +61,10 @@ function parseHostPortField(value: string, field: string): string {
 export function parseComputeSpec(spec: ComputeSpecMessage | undefined): ComputeSpec {
   if (!spec) throw invalidArgument('spec is required: the endpoint, timeline, term, profile, safekeepers and pageserver of the compute');
   if (!ENDPOINT_ID_PATTERN.test(spec.endpointId)) {
-    throw invalidArgument(`spec.endpoint_id must be ep- followed by 32 lowercase hex digits, got "${spec.endpointId}"`);
+    throw invalidArgument(`spec.endpoint_id must be ep- followed by 32 lowercase hex digits, got ${echo(spec.endpointId)}`);
   }
   if (!TIMELINE_ID_PATTERN.test(spec.timelineId)) {
-    throw invalidArgument(`spec.timeline_id must be tl- followed by 32 lowercase hex digits, got "${spec.timelineId}"`);
+    throw invalidArgument(`spec.timeline_id must be tl- followed by 32 lowercase hex digits, got ${echo(spec.timelineId)}`);
   }
   if (spec.term < 1n) throw invalidArgument('spec.term must be at least 1: the writer term granted with the compute\'s lease');
   const profile = spec.profile;
@@ -82,7 +82,7 @@ export function parseComputeSpec(spec: ComputeSpecMessage | undefined): ComputeS
   parseHostPortField(spec.pageserverAddress, 'spec.pageserver_address');
   if (spec.controlPlaneAddress) parseHostPortField(spec.controlPlaneAddress, 'spec.control_plane_address');
   for (const name of Object.keys(spec.pgSettings)) {
-    if (!SETTING_NAME_PATTERN.test(name)) throw invalidArgument(`spec.pg_settings has an invalid setting name "${name}"`);
+    if (!SETTING_NAME_PATTERN.test(name)) throw invalidArgument(`spec.pg_settings has an invalid setting name ${echo(name)}: lowercase letters, digits, '_' and '.'`);
     if (AGENT_OWNED_SETTINGS.has(name)) {
       throw invalidArgument(`spec.pg_settings.${name} is set by the agent and cannot be overridden: remove it`);
     }
@@ -90,7 +90,7 @@ export function parseComputeSpec(spec: ComputeSpecMessage | undefined): ComputeS
   spec.roles.forEach((role, index) => {
     if (!role.roleName) throw invalidArgument(`spec.roles[${index}].role_name is required`);
     if (!/^SCRAM-SHA-256\$[0-9]+:[^$]+\$[^:]+:.+$/.test(role.scramVerifier)) {
-      throw invalidArgument(`spec.roles[${index}].scram_verifier (role "${role.roleName}") must be SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`);
+      throw invalidArgument(`spec.roles[${index}].scram_verifier (role ${echo(role.roleName)}) must be SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`);
     }
   });
   return {

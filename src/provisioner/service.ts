@@ -4,6 +4,7 @@
 import type { ProvisionerServiceImplementation } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import type { ServerContextExtension } from '../lib/grpc/server.js';
 import { invalidArgument } from '../lib/grpc/errors.js';
+import { echo } from '../lib/ids.js';
 import type { ComputeDriver } from './driver.js';
 import { ENDPOINT_ID_PATTERN, parseComputeId, parseComputeSpec, parseStopOptions, toComputeMessage } from './model.js';
 
@@ -38,7 +39,7 @@ export function provisionerService(driver: ComputeDriver, options: ProvisionerSe
 
     async listComputes(request) {
       if (request.endpointId && !ENDPOINT_ID_PATTERN.test(request.endpointId)) {
-        throw invalidArgument(`endpoint_id must be empty (all computes) or ep- followed by 32 lowercase hex digits, got "${request.endpointId}"`);
+        throw invalidArgument(`endpoint_id must be empty (all computes) or ep- followed by 32 lowercase hex digits, got ${echo(request.endpointId)}`);
       }
       return { computes: driver.list(request.endpointId || undefined).map(toComputeMessage) };
     },

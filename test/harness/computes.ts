@@ -108,21 +108,12 @@ export class ComputeNode {
   }
 
   /**
-   * A node-postgres client of its Postgres over TCP, connected (end it; errors of connections cut on purpose are
-   * ignored). As the superuser `postgres` (trusted from 127.0.0.1) unless a role and its password are given.
+   * A node-postgres client of its Postgres, connected (end it; errors of connections cut on purpose are ignored): as
+   * a role with its password over TCP, or by default as the superuser `postgres` over the compute's private Unix
+   * socket (peer authentication as the agent's OS user, which tests share; TCP never trusts the superuser).
    */
-  async connect(login: { user: string; password: string } = { user: 'postgres', password: '' }): Promise<pg.Client> {
-    const client = new pg.Client({
-      host: '127.0.0.1',
-      port: this.pgPort,
-      user: login.user,
-      password: login.password,
-      database: 'postgres',
-      connectionTimeoutMillis: 10_000,
-    });
-    client.on('error', () => undefined);
-    await client.connect();
-    return client;
+  async connect(login?: { user: string; password: string }): Promise<pg.Client> {
+    return login ? connectPostgres(`127.0.0.1:${this.pgPort}`, login) : connectSuperuser(this.pgPort);
   }
 
   /** The postmaster's pid from its data directory, or null once it is gone. */
@@ -140,6 +131,38 @@ export class ComputeNode {
   waitReady(timeoutMs = 90_000): Promise<LogLine> {
     return this.process.waitForLine((line) => line.msg === 'agent ready', { what: '"agent ready"', timeoutMs });
   }
+}
+
+/** A client of the Postgres at `address` (host:port) as a role with its password, over TCP, connected. */
+export async function connectPostgres(address: string, login: { user: string; password: string }): Promise<pg.Client> {
+  const [host, port] = address.split(':');
+  const client = new pg.Client({ host, port: Number(port), ...login, database: 'postgres', connectionTimeoutMillis: 10_000 });
+  client.on('error', () => undefined);
+  await client.connect();
+  return client;
+}
+
+/**
+ * The directory of the Unix socket of the Postgres listening on TCP `port` on this machine (from /proc/net/unix: a
+ * compute's socket directory is a private temporary one), or null when none is bound.
+ */
+export function postgresSocketDir(port: number): string | null {
+  const suffix = `/.s.PGSQL.${port}`;
+  for (const line of fs.readFileSync('/proc/net/unix', 'utf8').split('\n')) {
+    const socketPath = line.trim().split(/\s+/)[7];
+    if (socketPath?.endsWith(suffix)) return socketPath.slice(0, -suffix.length);
+  }
+  return null;
+}
+
+/** A client of the compute Postgres on TCP `port` as the superuser `postgres`, over its Unix socket, connected. */
+export async function connectSuperuser(port: number): Promise<pg.Client> {
+  const socketDir = postgresSocketDir(port);
+  if (!socketDir) throw new Error(`no Postgres Unix socket for port ${port} on this machine`);
+  const client = new pg.Client({ host: socketDir, port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 10_000 });
+  client.on('error', () => undefined);
+  await client.connect();
+  return client;
 }
 
 /** The parent of process `pid` (from /proc), or null when it is gone. */

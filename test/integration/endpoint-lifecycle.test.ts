@@ -14,14 +14,12 @@ import { useHarness, waitFor } from '../harness/process.js';
 import { failure, type ControlPlaneClient } from '../harness/control-plane.js';
 import type { ProvisionerNode } from '../harness/provisioner.js';
 import { startPlatform } from '../harness/platform.js';
+import { connectPostgres, connectSuperuser } from '../harness/computes.js';
 
 
-async function connect(address: string, credentials: { user: string; password: string } = { user: 'postgres', password: '' }): Promise<pg.Client> {
-  const [host, port] = address.split(':');
-  const client = new pg.Client({ host, port: Number(port), ...credentials, database: 'postgres', connectionTimeoutMillis: 10_000 });
-  client.on('error', () => undefined);
-  await client.connect();
-  return client;
+/** As a role with its password over TCP, or (by default) as the superuser over the compute's Unix socket. */
+function connect(address: string, credentials?: { user: string; password: string }): Promise<pg.Client> {
+  return credentials ? connectPostgres(address, credentials) : connectSuperuser(Number(address.split(':')[1]));
 }
 
 /** Checks an invariant every half second for `ms`: what must not happen would show within that time. */

@@ -14,7 +14,7 @@ import { TempDir, useHarness, waitFor, grpcHealthStatus, HealthCheckResponse_Ser
 import { reflectedServices } from '../harness/reflection.js';
 import { openChannel } from '../../src/lib/grpc/client.js';
 import { createTimeline, newTimelineId, startSafekeepers, type SafekeeperNode } from '../harness/safekeepers.js';
-import { ComputeNode } from '../harness/computes.js';
+import { ComputeNode, postgresSocketDir } from '../harness/computes.js';
 import { PageserverNode } from '../harness/pageserver.js';
 import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { formatLsn, parseLsn } from '../../src/lib/lsn.js';
@@ -134,7 +134,7 @@ describe('pageserver (safekeepers → pageserver → new computes)', function ()
     const timelineId = await newTimeline();
     let compute = await ComputeNode.start(harness(), { timelineId, term: 1, safekeepers, pageserver: pageserver.address });
     let client = await connect(compute);
-    await run('pgbench', ['-i', '-q', '-s', '1'], { env: { ...process.env, PGHOST: '127.0.0.1', PGPORT: String(compute.pgPort), PGUSER: 'postgres' } });
+    await run('pgbench', ['-i', '-q', '-s', '1'], { env: { ...process.env, PGHOST: postgresSocketDir(compute.pgPort) ?? '', PGPORT: String(compute.pgPort), PGUSER: 'postgres' } });
     await client.query('CREATE TABLE known (id int PRIMARY KEY, note text)');
     await client.query(`INSERT INTO known SELECT g, 'row ' || g FROM generate_series(1, 1000) g`);
     let expected = await tableChecksums(client);

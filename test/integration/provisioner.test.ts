@@ -14,6 +14,7 @@ import { newComputeId, newEndpointId, ProvisionerNode } from '../harness/provisi
 import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { ComputeState, StopMode, type Compute, type ComputeSpec } from '../../gen/spg99/provisioner/v1/provisioner.js';
 import { isAlive } from '../../src/lib/process.js';
+import { connectSuperuser } from '../harness/computes.js';
 
 
 function postmasterPid(pgDataDir: string): number | null {
@@ -25,12 +26,8 @@ function postmasterPid(pgDataDir: string): number | null {
   }
 }
 
-async function connect(compute: Compute): Promise<pg.Client> {
-  const [host, port] = compute.postgresAddress.split(':');
-  const client = new pg.Client({ host, port: Number(port), user: 'postgres', database: 'postgres', connectionTimeoutMillis: 10_000 });
-  client.on('error', () => undefined);
-  await client.connect();
-  return client;
+function connect(compute: Compute): Promise<pg.Client> {
+  return connectSuperuser(Number(compute.postgresAddress.split(':')[1]));
 }
 
 async function expectStatus(promise: Promise<unknown>, code: Status, pattern: RegExp): Promise<void> {

@@ -5,6 +5,7 @@
  */
 import { expect } from 'chai';
 import fc from 'fast-check';
+import { createVerifier, parseVerifier } from '../../src/lib/scram.js';
 import {
   bindMessage,
   cancelRequest,
@@ -375,23 +376,48 @@ describe('gateway routing: naming an endpoint', () => {
 });
 
 describe('gateway routing: failed password attempts', () => {
-  it('refuses an address after 10 failures within 60 s, saying how long to wait, and forgets them after the window', () => {
+  it('delays the answers to a credential\'s proofs after 5 failures from an address, doubling up to 5 s, never refusing, and forgets them after the window', () => {
     let now = 1_000_000;
     const routing = new Routing({ controlPlane: {} as never, wakeTimeoutMs: 1000, now: () => now });
     const endpointId = `ep-${'a'.repeat(32)}`;
-    for (let attempt = 0; attempt < 10; attempt++) {
-      routing.checkAuthRate('10.0.0.1', endpointId);
-      routing.recordAuthFailure('10.0.0.1', endpointId);
+    const delays: number[] = [];
+    for (let attempt = 0; attempt < 12; attempt++) {
+      delays.push(routing.authDelayMs('10.0.0.1', endpointId, 'owner'));
+      routing.recordAuthFailure('10.0.0.1', endpointId, 'owner');
       now += 1000;
     }
-    const refused = routingError(() => routing.checkAuthRate('10.0.0.1', endpointId));
-    expect(refused.code).to.equal('28000');
-    expect(refused.message).to.contain('too many failed password attempts');
-    expect(refused.hint).to.equal('Wait 60 s before trying again.');
-    // Another address and another endpoint are not affected.
-    routing.checkAuthRate('10.0.0.2', endpointId);
-    routing.checkAuthRate('10.0.0.1', `ep-${'b'.repeat(32)}`);
+    expect(delays).to.deep.equal([0, 0, 0, 0, 0, 100, 200, 400, 800, 1600, 3200, 5000]);
+    // Another address, another role and another endpoint are not slowed by this address' failures.
+    expect(routing.authDelayMs('10.0.0.2', endpointId, 'owner')).to.equal(0);
+    expect(routing.authDelayMs('10.0.0.1', endpointId, 'reader')).to.equal(0);
+    expect(routing.authDelayMs('10.0.0.1', `ep-${'b'.repeat(32)}`, 'owner')).to.equal(0);
     now += 60_000;
-    routing.checkAuthRate('10.0.0.1', endpointId);
+    expect(routing.authDelayMs('10.0.0.1', endpointId, 'owner')).to.equal(0);
+  });
+
+  it('slows a credential guessed from many addresses at once', () => {
+    const routing = new Routing({ controlPlane: {} as never, wakeTimeoutMs: 1000 });
+    const endpointId = `ep-${'a'.repeat(32)}`;
+    for (let attempt = 0; attempt < 21; attempt++) routing.recordAuthFailure(`10.0.1.${attempt}`, endpointId, 'owner');
+    expect(routing.authDelayMs('10.0.2.1', endpointId, 'owner')).to.equal(200);
+  });
+});
+
+describe('gateway routing: mock verifiers of roles that do not exist', () => {
+  it('gives a role the same salt at every attempt, shaped like a real verifier\'s, and other roles and endpoints other salts', () => {
+    const secret = Buffer.alloc(32, 7);
+    const routing = new Routing({ controlPlane: {} as never, wakeTimeoutMs: 1000, mockSaltSecret: secret });
+    const endpointId = `ep-${'a'.repeat(32)}`;
+    const first = routing.mockVerifier(endpointId, 'nobody');
+    const again = routing.mockVerifier(endpointId, 'nobody');
+    expect(again.salt.equals(first.salt)).to.equal(true);
+    const real = parseVerifier(createVerifier('a password'));
+    expect(first.salt.length).to.equal(real.salt.length);
+    expect(first.iterations).to.equal(real.iterations);
+    expect(routing.mockVerifier(endpointId, 'somebody').salt.equals(first.salt)).to.equal(false);
+    expect(routing.mockVerifier(`ep-${'b'.repeat(32)}`, 'nobody').salt.equals(first.salt)).to.equal(false);
+    // Another gateway with the same secret (a replica, a restart) answers the same.
+    const replica = new Routing({ controlPlane: {} as never, wakeTimeoutMs: 1000, mockSaltSecret: Buffer.from(secret) });
+    expect(replica.mockVerifier(endpointId, 'nobody').salt.equals(first.salt)).to.equal(true);
   });
 });

@@ -71,7 +71,7 @@ export class ReplicationConnection {
     socket.on('close', () => this.close(new Error('the replication connection was closed by Postgres')));
   }
 
-  /** Connects and authenticates (trust) as a physical replication client. */
+  /** Connects and logs in, with no password (peer authentication over the Unix socket), as a physical replication client. */
   static async connect(options: ReplicationConnectOptions): Promise<ReplicationConnection> {
     const socket = options.socketDir
       ? net.connect({ path: `${options.socketDir}/.s.PGSQL.${options.port}` })
@@ -98,7 +98,7 @@ export class ReplicationConnection {
       if (message.name === 'error') throw toError(message);
       if (message.name !== 'authenticationOk' && message.name !== 'parameterStatus' && message.name !== 'backendKeyData' && message.name !== 'notice') {
         connection.close();
-        throw new Error(`unexpected ${message.name} during replication login: only trust authentication is supported on the compute`);
+        throw new Error(`unexpected ${message.name} during replication login: only a login without a password (peer over the Unix socket) is supported on the compute`);
       }
     }
   }
