@@ -11,7 +11,7 @@
  * `SPG99_PAGESERVER_PORT`, `SPG99_CONTROL_PLANE_PORT`, `SPG99_PROVISIONER_PORT`, `SPG99_GATEWAY_PORT` and
  * `SPG99_GATEWAY_ADMIN_PORT`. With `SPG99_UP_JSON=1`, `up` also prints one line for programs after the text for people:
  * `SPG99_UP_JSON {"home":…,"tenantId":…,"apiKey":…,"controlPlane":"127.0.0.1:7700","gatewayPort":5432,"caFile":…,
- * "demo":{"projectId":…,"branchId":…,"endpointId":…,"role":…,"password":…}}`.
+ * "demo":{"projectId":…,"branchId":…,"endpointId":…,"role":…,"password":…,"connectionUri":…}}`.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -22,7 +22,8 @@ import { performance } from 'node:perf_hooks';
 import { createSpgClient, openChannel } from '../src/lib/grpc/client.js';
 import { ClientError, Status } from '../src/lib/grpc/errors.js';
 import { pingRedis, redisServerBinary, writeRedisConfig } from '../src/lib/redis.js';
-import { ensureLocalCertificates } from '../src/lib/tls-certs.js';
+import { ensureLocalCertificates, LOCAL_DOMAIN } from '../src/lib/tls-certs.js';
+import { uriWithPassword } from '../src/cli/connection-formats.js';
 import { isAlive } from '../src/lib/process.js';
 import { createClient } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
@@ -42,6 +43,8 @@ const credentialsFile = path.join(home, 'credentials.json');
 const operatorTokenFile = path.join(home, 'operator-token');
 const logDir = path.join(home, 'logs');
 const tlsDir = path.join(home, 'tls');
+/** The CA clients verify the gateway with; connection strings name it (sslrootcert). */
+const caFile = path.join(tlsDir, 'ca.crt');
 
 /** Where everything listens (each overridable by an environment variable). */
 const ports = {
@@ -195,6 +198,20 @@ async function bootstrap(): Promise<Credentials> {
   return credentials;
 }
 
+/** The demo's connection string as the API hands it out, with the demo role's password put in. */
+async function demoConnectionUri(credentials: Credentials): Promise<string> {
+  const clients = controlPlaneClients(credentials.apiKey);
+  try {
+    const { uri } = await clients.api.getConnectionString(
+      { endpointId: credentials.demo!.endpointId, roleName: credentials.demo!.role, databaseName: '', pooled: false },
+      { deadline: new Date(Date.now() + 10_000) },
+    );
+    return uriWithPassword(uri, credentials.demo!.password);
+  } finally {
+    clients.close();
+  }
+}
+
 /** Wakes the demo endpoint (starting its compute when stopped) and answers its Postgres address. */
 async function wakeDemo(credentials: Credentials): Promise<string> {
   const clients = controlPlaneClients(credentials.apiKey);
@@ -206,18 +223,15 @@ async function wakeDemo(credentials: Credentials): Promise<string> {
   }
 }
 
-function printConnection(credentials: Credentials, readiness?: string): void {
+function printConnection(credentials: Credentials, connectionUri: string, readiness?: string): void {
   const demo = credentials.demo!;
   const cli = `node ${path.relative(process.cwd(), path.join(root, 'dist', 'cmd', 'spg99.js')) || 'dist/cmd/spg99.js'}`;
-  const caFile = path.join(tlsDir, 'ca.crt');
-  // hostaddr: *.localhost names do not resolve everywhere; libpq still sends the host name as SNI and checks it.
-  const conninfo = `host=${demo.endpointId}.localhost hostaddr=127.0.0.1 port=${ports.gateway} user=${demo.role} dbname=postgres sslmode=verify-full sslrootcert=${caFile}`;
   console.log(`
 SPG99 is up.
   API key:       export SPG99_API_KEY=${credentials.apiKey}   (kept in ${credentialsFile})
   CLI:           ${ports.controlPlane === 7700 ? '' : `SPG99_API=127.0.0.1:${ports.controlPlane} `}${cli} projects list   (control plane 127.0.0.1:${ports.controlPlane})
   Demo project:  ${demo.projectId}, endpoint ${demo.endpointId}, branch ${demo.branchId}
-  Connect:       PGPASSWORD=${demo.password} psql "${conninfo}"
+  Connect:       psql "${connectionUri}"
   Gateway:       127.0.0.1:${ports.gateway} (TLS, CA ${caFile}); a stopped endpoint wakes on connect
   Logs:          ${logDir}${readiness ? `\n  Ready in:      ${readiness}` : ''}
   Stop:          make down   (data stays in ${homeShown}; make up brings it back)`);
@@ -229,7 +243,7 @@ SPG99 is up.
       controlPlane: `127.0.0.1:${ports.controlPlane}`,
       gatewayPort: ports.gateway,
       caFile,
-      demo,
+      demo: { ...demo, connectionUri },
     };
     console.log(`SPG99_UP_JSON ${JSON.stringify(machine)}`);
   }
@@ -245,7 +259,7 @@ async function up(): Promise<void> {
   }
   if (previous && Object.keys(previous.pids).length > 0 && Object.values(previous.pids).every(alive)) {
     const credentials = await bootstrap();
-    printConnection(credentials);
+    printConnection(credentials, await demoConnectionUri(credentials));
     return;
   }
   if (previous) await down(true);
@@ -256,7 +270,7 @@ async function up(): Promise<void> {
     // Woken now so that the first psql is fast; it suspends after its idle timeout and wakes on the next connect.
     const wakeStarted = performance.now();
     await wakeDemo(credentials);
-    printConnection(credentials, `${seconds(performance.now() - started)} (${readiness}, demo endpoint woken ${seconds(performance.now() - wakeStarted)})`);
+    printConnection(credentials, await demoConnectionUri(credentials), `${seconds(performance.now() - started)} (${readiness}, demo endpoint woken ${seconds(performance.now() - wakeStarted)})`);
   } catch (error) {
     // Nothing keeps running after a failed start, so `make clean` is safe to follow.
     await down(true);
@@ -322,6 +336,11 @@ async function start(state: ClusterState, started: number): Promise<string> {
     '--provisioner', `127.0.0.1:${ports.provisioner}`,
     '--operator-token-file', operatorTokenFile,
     '--public-port', String(ports.gateway),
+    // Endpoints under a domain Node can verify, reached at 127.0.0.1 with the endpoint in options: nothing has to
+    // resolve ep-<id>.spg99.localhost (docs/connecting.md).
+    '--domain', LOCAL_DOMAIN,
+    '--public-host', '127.0.0.1',
+    '--public-root-cert', caFile,
   ]);
   state.pids['control-plane'] = controlPlane.pid;
   writeState(state);
@@ -329,14 +348,14 @@ async function start(state: ClusterState, started: number): Promise<string> {
   mark('control plane', since);
 
   since = performance.now();
-  const certificates = await ensureLocalCertificates(tlsDir, { domain: 'localhost' });
+  const certificates = await ensureLocalCertificates(tlsDir, { domain: LOCAL_DOMAIN });
   const gatewayLog = path.join(logDir, 'gateway.log');
   const gatewayOffset = logSize(gatewayLog);
   const gateway = launchComponent('gateway', 'gateway', [
     '--listen', `127.0.0.1:${ports.gateway}`,
     '--admin-listen', `127.0.0.1:${ports.gatewayAdmin}`,
     '--control-plane', `127.0.0.1:${ports.controlPlane}`,
-    '--domain', 'localhost',
+    '--domain', LOCAL_DOMAIN,
     '--tls-cert', certificates.certFile,
     '--tls-key', certificates.keyFile,
   ]);
