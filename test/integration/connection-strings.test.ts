@@ -114,6 +114,16 @@ function onPath(command: string): boolean {
   return (process.env.PATH ?? '').split(':').some((directory) => fs.existsSync(path.join(directory, command)));
 }
 
+/** Compiles the JDBC program once into `directory`; its class path, or null without a JDK or pgjdbc. */
+async function compileJdbcProgram(directory: string): Promise<string | null> {
+  const jar = pgjdbcJar();
+  if (!jar || !onPath('javac') || !onPath('java')) return null;
+  fs.writeFileSync(path.join(directory, 'Connect.java'), JDBC_PROGRAM);
+  const compiled = await run('javac', ['-d', directory, path.join(directory, 'Connect.java')], process.env);
+  expect(compiled.code, `javac: ${compiled.stderr}`).to.equal(0);
+  return `${jar}:${directory}`;
+}
+
 describe('connection strings, as handed out, with verified TLS and no resolvable endpoint name', function () {
   this.timeout(600_000);
   let harness: Harness;
@@ -128,6 +138,13 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
   const roles: Record<string, string> = {};
   let gatewayPort: number;
   let scratch: string;
+  /** The class path of the compiled JDBC program (pgjdbc's jar and Connect.class), or null without a JDK or pgjdbc. */
+  let jdbcClassPath: string | null = null;
+
+  /** pgjdbc connecting with `url` (as printed) and `env`. */
+  function jdbc(url: string, env: NodeJS.ProcessEnv): Promise<Run> {
+    return run('java', ['-cp', jdbcClassPath!, 'Connect', url], cleanEnvironment(env));
+  }
 
   /** `spg99 connection-string` with `args`, its stdout (without the final newline); it must succeed. */
   async function printed(args: string[]): Promise<string> {
@@ -185,7 +202,7 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
     for (const name of ['app', 'app_keyword', 'app_env', 'app_jdbc']) {
       roles[name] = (await platform.api.createRole({ branchId: platform.project.defaultBranch!.branchId, name })).password;
     }
-    fs.writeFileSync(path.join(scratch, 'Connect.java'), JDBC_PROGRAM);
+    jdbcClassPath = await compileJdbcProgram(scratch);
   });
 
   afterEach(function () {
@@ -242,13 +259,12 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
   }
 
   it('jdbc (direct and pooled): pgjdbc connects with the password as a property', async function () {
-    const jar = pgjdbcJar();
-    if (!jar || !onPath('java')) this.skip();
-    const program = path.join(scratch, 'Connect.java');
+    // Pending, not passed, on a machine without a JDK or pgjdbc in ~/.m2.
+    if (!jdbcClassPath) this.skip();
     for (const flags of [[], ['--pooled']]) {
       const url = await printed([...flags, '--format', 'jdbc']);
       expect(url).to.match(/^jdbc:postgresql:\/\/127\.0\.0\.1:\d+\/postgres\?user=owner&options=endpoint%3Dep-[0-9a-f]+(-pooler)?&sslmode=verify-full&sslrootcert=\//);
-      connectedAs(await run('java', ['-cp', jar!, program, url], cleanEnvironment({ PGPASSWORD: owner.password })), 'owner', `pgjdbc ${url}`);
+      connectedAs(await jdbc(url, { PGPASSWORD: owner.password }), 'owner', `pgjdbc ${url}`);
     }
   });
 
@@ -272,11 +288,10 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
     connectedAs(await psql(null, variables), 'app_env', 'psql with the env form and its password');
     connectedAs(await nodePg(null, variables), 'app_env', 'node-postgres with the env form and its password');
 
-    const jar = pgjdbcJar();
-    if (jar && onPath('java')) {
+    if (jdbcClassPath) {
       const url = await printed(['--role', 'app_jdbc', '--format', 'jdbc', '--reset-password']);
       expect(url).to.match(/\?user=app_jdbc&password=[^&]+&options=/);
-      connectedAs(await run('java', ['-cp', jar, path.join(scratch, 'Connect.java'), url], cleanEnvironment()), 'app_jdbc', `pgjdbc ${url}`);
+      connectedAs(await jdbc(url, {}), 'app_jdbc', `pgjdbc ${url}`);
     }
   });
 
