@@ -8,7 +8,8 @@
  * Each form `spg99 connection-string` prints (uri, keyword, env, jdbc; direct and pooled; without a password and
  * with one from --reset-password) is taken exactly as printed, the password put in where the form asks for it
  * (PGPASSWORD), and used by the clients that read that form: psql (libpq) for all but jdbc, node-postgres for uri
- * and env (in a child process, as an application reads them), pgjdbc for jdbc when a JVM and the driver are here.
+ * and env (in a child process, as an application reads them), postgres.js for uri (with the CA given as docs/connecting.md
+ * shows), pgjdbc for jdbc when a JDK and the driver are here.
  * Then the same strings against a CA that did not sign the gateway's certificate must fail: verification is on.
  * Last, naming the endpoint by SNI where the name does not resolve: psql with hostaddr, node-postgres with
  * `ssl.servername`, both with Node's own hostname check.
@@ -78,6 +79,25 @@ try {
   console.log(rows[0].who);
 } finally {
   await client.end().catch(() => undefined);
+}
+`;
+
+/**
+ * postgres.js as docs/connecting.md shows it: the printed URI with its CA file taken out and given as `ssl` (it reads
+ * no CA file, and would send `sslrootcert` to the server as a startup parameter).
+ */
+const POSTGRES_JS_SCRIPT = `
+import fs from 'node:fs';
+import postgres from 'postgres';
+const url = new URL(process.env.TEST_CONNECTION_STRING);
+const ca = fs.readFileSync(url.searchParams.get('sslrootcert'), 'utf8');
+url.searchParams.delete('sslrootcert');
+const sql = postgres(url.href, { ssl: { ca }, max: 1, onnotice: () => undefined });
+try {
+  const [row] = await sql\`SELECT current_user AS who\`;
+  console.log(row.who);
+} finally {
+  await sql.end();
 }
 `;
 
@@ -166,6 +186,10 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
     return run(process.execPath, ['--input-type=module', '-e', NODE_PG_SCRIPT], cleanEnvironment(extra));
   }
 
+  async function postgresJs(connectionString: string, env: NodeJS.ProcessEnv): Promise<Run> {
+    return run(process.execPath, ['--input-type=module', '-e', POSTGRES_JS_SCRIPT], cleanEnvironment({ ...env, TEST_CONNECTION_STRING: connectionString }));
+  }
+
   function connectedAs(result: Run, user: string, what: string): void {
     expect(result.stderr.trim(), `${what}: stderr`).to.equal('');
     expect(result.code, `${what}: exit code`).to.equal(0);
@@ -238,10 +262,11 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
     const flags = pooled ? ['--pooled'] : [];
     const mode = pooled ? 'pooled' : 'direct';
 
-    it(`uri (${mode}): psql and node-postgres connect with the password from PGPASSWORD`, async () => {
+    it(`uri (${mode}): psql, node-postgres and postgres.js connect with the password from PGPASSWORD`, async () => {
       const uri = await printed([...flags, '--format', 'uri']);
       connectedAs(await psql(uri, { PGPASSWORD: owner.password }), 'owner', `psql "${uri}"`);
       connectedAs(await nodePg(uri, { PGPASSWORD: owner.password }), 'owner', `node-postgres ${uri}`);
+      connectedAs(await postgresJs(uri, { PGPASSWORD: owner.password }), 'owner', `postgres.js ${uri}`);
     });
 
     it(`keyword (${mode}): psql connects with the password from PGPASSWORD`, async () => {
@@ -278,6 +303,7 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
     // Exactly as printed: no PGPASSWORD anywhere.
     connectedAs(await psql(uri, {}), 'app', `psql "${uri}"`);
     connectedAs(await nodePg(uri, {}), 'app', `node-postgres ${uri}`);
+    connectedAs(await postgresJs(uri, {}), 'app', `postgres.js ${uri}`);
 
     const keywords = await printed(['--role', 'app_keyword', '--pooled', '--format', 'keyword', '--reset-password']);
     expect(keywords).to.match(/ user=app_keyword password=\S+ dbname=postgres /);
@@ -300,6 +326,7 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
     const untrusted = /certificate verify failed|self[- ]signed|unable to (get|verify)/i;
     refused(await psql(uri, { PGPASSWORD: owner.password }), 'psql with a stranger CA', untrusted);
     refused(await nodePg(uri, { PGPASSWORD: owner.password }), 'node-postgres with a stranger CA', untrusted);
+    refused(await postgresJs(uri, { PGPASSWORD: owner.password }), 'postgres.js with a stranger CA', untrusted);
     const variables = exportedVariables(await printed(['--format', 'env']));
     refused(await nodePg(null, { ...variables, NODE_EXTRA_CA_CERTS: strangerCa, PGPASSWORD: owner.password }), 'node-postgres (env) with a stranger CA', untrusted);
   });
