@@ -61,6 +61,16 @@ const spec = {
   regions: { kind: 'list', description: 'regions projects may be created in, the default first', default: ['local'] as string[] },
   domain: { kind: 'string', description: 'DNS domain endpoints are reached under (ep-<id>.<domain>)', default: 'localhost' },
   ...identitySpec,
+  publicHost: {
+    kind: 'string',
+    description: 'one host users reach every endpoint at, the endpoint named in options=endpoint=… (e.g. 127.0.0.1); empty: ep-<id>.<domain>, or 127.0.0.1 under a one-label domain',
+    default: '',
+  },
+  publicRootCert: {
+    kind: 'string',
+    description: 'sslrootcert of the connection strings handed out: the path of the CA file clients verify the gateway with, or system (a public CA)',
+    default: 'system',
+  },
 } as const;
 
 await runComponent('control-plane', spec, async (config) => {
@@ -117,7 +127,7 @@ await runComponent('control-plane', spec, async (config) => {
   publicServer.server
     .with(catalogAvailabilityMiddleware)
     .with(authMiddleware({ catalog, operatorToken }))
-    .add(ControlPlaneServiceDefinition, controlPlaneService({ catalog, pageserver, regions: config.regions, domain: config.domain, publicPort: config.publicPort, lifecycle }));
+    .add(ControlPlaneServiceDefinition, controlPlaneService({ catalog, pageserver, regions: config.regions, domain: config.domain, publicPort: config.publicPort, publicHost: config.publicHost, publicRootCert: config.publicRootCert, lifecycle }));
   const internalServer = buildServer(log, { verifier: identity.verifier });
   internalServer.server.with(catalogAvailabilityMiddleware).add(
     ControlPlaneInternalServiceDefinition,

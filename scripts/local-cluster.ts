@@ -19,7 +19,7 @@
  * `SPG99_PAGESERVER_PORT`, `SPG99_CONTROL_PLANE_PORT`, `SPG99_CONTROL_PLANE_INTERNAL_PORT`, `SPG99_PROVISIONER_PORT`, `SPG99_GATEWAY_PORT` and
  * `SPG99_GATEWAY_ADMIN_PORT`. With `SPG99_UP_JSON=1`, `up` also prints one line for programs after the text for people:
  * `SPG99_UP_JSON {"home":…,"tenantId":…,"apiKey":…,"controlPlane":"127.0.0.1:7700","gatewayPort":5432,"caFile":…,
- * "demo":{"projectId":…,"branchId":…,"endpointId":…,"role":…,"password":…}}`.
+ * "demo":{"projectId":…,"branchId":…,"endpointId":…,"role":…,"password":…,"connectionUri":…}}`.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -31,7 +31,8 @@ import { createSpgClient, openChannel, setProcessCredential } from '../src/lib/g
 import { ClientError, Status } from '../src/lib/grpc/errors.js';
 import { ensurePlatformCredentials, readPrivateKey, SelfSigner, type PlatformCredentials } from '../src/lib/grpc/credentials.js';
 import { pingRedis, redisServerBinary, writeRedisConfig, writeRedisPassword } from '../src/lib/redis.js';
-import { ensureLocalCertificates } from '../src/lib/tls-certs.js';
+import { ensureLocalCertificates, LOCAL_DOMAIN } from '../src/lib/tls-certs.js';
+import { uriWithPassword } from '../src/cli/connection-formats.js';
 import { isAlive } from '../src/lib/process.js';
 import { createClient } from 'nice-grpc';
 import { HealthDefinition } from 'nice-grpc-server-health';
@@ -74,6 +75,8 @@ function keys(): PlatformCredentials {
 function identityArgs(role: 'safekeeper' | 'pageserver' | 'provisioner' | 'control-plane' | 'gateway'): string[] {
   return ['--auth-trust-file', keys().trustFile, '--auth-key-file', keys().keyFiles[role]];
 }
+/** The CA clients verify the gateway with; connection strings name it (sslrootcert). */
+const caFile = path.join(tlsDir, 'ca.crt');
 
 /** Where everything listens (each overridable by an environment variable). */
 const ports = {
@@ -236,6 +239,20 @@ async function bootstrap(): Promise<Credentials> {
   return credentials;
 }
 
+/** The demo's connection string as the API hands it out, with the demo role's password put in. */
+async function demoConnectionUri(credentials: Credentials): Promise<string> {
+  const clients = controlPlaneClients(credentials.apiKey);
+  try {
+    const { uri } = await clients.api.getConnectionString(
+      { endpointId: credentials.demo!.endpointId, roleName: credentials.demo!.role, databaseName: '', pooled: false },
+      { deadline: new Date(Date.now() + 10_000) },
+    );
+    return uriWithPassword(uri, credentials.demo!.password);
+  } finally {
+    clients.close();
+  }
+}
+
 /** Wakes the demo endpoint (starting its compute when stopped) and answers its Postgres address. */
 async function wakeDemo(credentials: Credentials): Promise<string> {
   const clients = controlPlaneClients(credentials.apiKey);
@@ -247,18 +264,15 @@ async function wakeDemo(credentials: Credentials): Promise<string> {
   }
 }
 
-function printConnection(credentials: Credentials, readiness?: string): void {
+function printConnection(credentials: Credentials, connectionUri: string, readiness?: string): void {
   const demo = credentials.demo!;
   const cli = `node ${path.relative(process.cwd(), path.join(root, 'dist', 'cmd', 'spg99.js')) || 'dist/cmd/spg99.js'}`;
-  const caFile = path.join(tlsDir, 'ca.crt');
-  // hostaddr: *.localhost names do not resolve everywhere; libpq still sends the host name as SNI and checks it.
-  const conninfo = `host=${demo.endpointId}.localhost hostaddr=127.0.0.1 port=${ports.gateway} user=${demo.role} dbname=postgres sslmode=verify-full sslrootcert=${caFile}`;
   console.log(`
 SPG99 is up.
   API key:       export SPG99_API_KEY=${credentials.apiKey}   (kept in ${credentialsFile})
   CLI:           ${ports.controlPlane === 7700 ? '' : `SPG99_API=127.0.0.1:${ports.controlPlane} `}${cli} projects list   (control plane 127.0.0.1:${ports.controlPlane})
   Demo project:  ${demo.projectId}, endpoint ${demo.endpointId}, branch ${demo.branchId}
-  Connect:       PGPASSWORD=${demo.password} psql "${conninfo}"
+  Connect:       psql "${connectionUri}"
   Gateway:       127.0.0.1:${ports.gateway} (TLS, CA ${caFile}); a stopped endpoint wakes on connect
   Logs:          ${logDir}${readiness ? `\n  Ready in:      ${readiness}` : ''}
   Stop:          make down   (data stays in ${homeShown}; make up brings it back)`);
@@ -270,7 +284,7 @@ SPG99 is up.
       controlPlane: `127.0.0.1:${ports.controlPlane}`,
       gatewayPort: ports.gateway,
       caFile,
-      demo,
+      demo: { ...demo, connectionUri },
     };
     console.log(`SPG99_UP_JSON ${JSON.stringify(machine)}`);
   }
@@ -318,7 +332,7 @@ async function up(): Promise<void> {
         `  The platform keeps running; the control plane retries the endpoint and a connection wakes it. See make status and ${shownPath(logDir)}/control-plane.log.`,
     );
   }
-  printConnection(credentials, `${seconds(performance.now() - started)} (${readiness})`);
+  printConnection(credentials, await demoConnectionUri(credentials), `${seconds(performance.now() - started)} (${readiness})`);
 }
 
 /**
@@ -423,6 +437,11 @@ async function startControlPlane(state: ClusterState, safekeepers: string[], rec
     '--provisioner', `127.0.0.1:${ports.provisioner}`,
     '--operator-token-file', operatorTokenFile,
     '--public-port', String(ports.gateway),
+    // Endpoints under a domain Node can verify, reached at 127.0.0.1 with the endpoint in options: nothing has to
+    // resolve ep-<id>.spg99.localhost (docs/connecting.md).
+    '--domain', LOCAL_DOMAIN,
+    '--public-host', '127.0.0.1',
+    '--public-root-cert', caFile,
   ]);
   record('control-plane', controlPlane.pid);
   writeState(state);
@@ -430,14 +449,14 @@ async function startControlPlane(state: ClusterState, safekeepers: string[], rec
 }
 
 async function startGateway(state: ClusterState, record: (name: string, pid: number) => void): Promise<void> {
-  const certificates = await ensureLocalCertificates(tlsDir, { domain: 'localhost' });
+  const certificates = await ensureLocalCertificates(tlsDir, { domain: LOCAL_DOMAIN });
   const gatewayLog = path.join(logDir, 'gateway.log');
   const gatewayOffset = logSize(gatewayLog);
   const gateway = launchComponent('gateway', 'gateway', [
     '--listen', `127.0.0.1:${ports.gateway}`,
     '--admin-listen', `127.0.0.1:${ports.gatewayAdmin}`,
     '--control-plane', `127.0.0.1:${ports.controlPlaneInternal}`,
-    '--domain', 'localhost',
+    '--domain', LOCAL_DOMAIN,
     ...identityArgs('gateway'),
     '--tls-cert', certificates.certFile,
     '--tls-key', certificates.keyFile,

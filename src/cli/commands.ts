@@ -34,6 +34,7 @@ import {
   type EndpointSettings,
 } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import type { ControlPlaneConnection } from './api.js';
+import { CONNECTION_FORMATS, formatConnection, type ConnectionFormat } from './connection-formats.js';
 import type { CommandInput, CommandSpec } from './command.js';
 import { CliError, UsageError } from './errors.js';
 import { type Output } from './output.js';
@@ -480,26 +481,53 @@ const rolesList: Command = {
 
 const connectionString: Command = {
   path: ['connection-string'],
-  summary: 'print a libpq connection URI for an endpoint (without the password)',
+  summary: 'print how to connect to an endpoint: a URI, libpq keywords, PG* variables or a JDBC URL',
+  description:
+    'The string connects as printed, with the gateway\'s certificate verified (sslmode=verify-full). Without ' +
+    '--reset-password it carries no password: psql asks for it, drivers read PGPASSWORD. --reset-password gives the ' +
+    'role a new password (the previous one stops working) and puts it in; it is shown only this once. ' +
+    'docs/connecting.md shows each driver.',
   arguments: [{ name: 'endpoint-id', description: 'the endpoint (ep-…)' }],
   flags: {
     role: { type: 'string', value: 'name', description: 'the role (default owner)' },
     database: { type: 'string', value: 'name', description: 'the database (default postgres)' },
-    pooled: { type: 'boolean', description: 'through the gateway\'s pooler (host ep-…-pooler.<domain>)' },
+    pooled: { type: 'boolean', description: 'through the endpoint\'s pooler (ep-…-pooler, in its pooler mode), not a dedicated session' },
+    format: { type: 'string', value: CONNECTION_FORMATS.join('|'), description: 'uri (default), keyword (host=… port=…), env (export PG…= lines) or jdbc' },
+    'reset-password': { type: 'boolean', description: 'give the role a new password and put it in the string (the old one stops working)' },
   },
   credential: 'api-key',
-  examples: ['psql "$(spg99 connection-string ep-0123456789abcdef0123456789abcdef --role app)"'],
+  examples: [
+    'psql "$(spg99 connection-string ep-0123456789abcdef0123456789abcdef --role app)"',
+    'eval "$(spg99 connection-string ep-0123456789abcdef0123456789abcdef --format env)"; PGPASSWORD=… node app.js',
+    'spg99 connection-string ep-0123456789abcdef0123456789abcdef --pooled --format jdbc --reset-password',
+  ],
   async run(context, input) {
     const endpointId = requireIdPrefix(argument(input, 'endpoint-id'), 'ep-', '<endpoint-id>', input.usageLine);
+    const format = (text(input, 'format') ?? 'uri') as ConnectionFormat;
+    if (!CONNECTION_FORMATS.includes(format)) {
+      throw new UsageError(`--format must be one of ${CONNECTION_FORMATS.join(', ')}, not ${JSON.stringify(format)}`, input.usageLine);
+    }
     const request = {
       endpointId,
       roleName: text(input, 'role') ?? 'owner',
       databaseName: text(input, 'database') ?? '',
       pooled: input.flags.pooled === true,
     };
-    const response = await context.connect().call((client, options) => client.getConnectionString(request, options));
-    context.output.json(GetConnectionStringResponse.toJSON(response));
-    context.output.line(response.uri);
+    const connection = context.connect();
+    const response = await connection.call((client, options) => client.getConnectionString(request, options));
+    let password: string | undefined;
+    if (input.flags['reset-password'] === true) {
+      // The role by name on the endpoint's branch: GetConnectionString just found it there.
+      const { endpoint } = await connection.call((client, options) => client.getEndpoint({ endpointId }, options));
+      const { roles } = await connection.call((client, options) => client.listRoles({ branchId: endpoint!.branchId }, options));
+      const role = roles.find((candidate) => candidate.name === request.roleName);
+      if (!role) throw new CliError(`role ${JSON.stringify(request.roleName)} is gone from branch ${endpoint!.branchId}: list them with spg99 roles list --branch ${endpoint!.branchId}`);
+      password = (await connection.call((client, options) => client.resetRolePassword({ roleId: role.roleId }, options))).password;
+    }
+    const printed = formatConnection(response.uri, format, password);
+    // --json: the API's answer, and what was printed (with the password when one was revealed).
+    context.output.json({ ...(GetConnectionStringResponse.toJSON(response) as object), format, connectionString: printed });
+    context.output.line(printed);
   },
 };
 

@@ -52,8 +52,12 @@ export interface CallDescription {
   connectionFailed?: boolean;
 }
 
-/** grpc-js' words for a connection that was never made or was dropped before an answer. */
-const CONNECTION_FAILURE = /No connection established|ECONNREFUSED|ECONNRESET|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|getaddrinfo|Name resolution failed|DNS resolution failed|Connection dropped|failed to connect|Failed to connect/i;
+/**
+ * grpc-js' words for a connection to the control plane that was never made or was dropped before an answer. They
+ * open the details: an UNAVAILABLE the control plane itself answered (about the pageserver, say) may quote the
+ * same words further on, and is no sign that the control plane is unreachable.
+ */
+const CONNECTION_FAILURE = /^(?:No connection established|Connection dropped|failed to connect|Name resolution failed|DNS resolution failed|(?:connect|read|write) E[A-Z]+|getaddrinfo)/i;
 
 /** Text on one line: a server message never breaks the one-line rule. */
 export function oneLine(text: string): string {

@@ -41,6 +41,7 @@ import {
   type Scope,
 } from './model.js';
 import { secretHash } from './secrets.js';
+import { connectionUri, sharedHostFor, type PublicAccess } from './connection-strings.js';
 import { type EndpointLifecycle, requireLifecycle, type RoleVerifierSpec } from './lifecycle.js';
 
 /** The PostgreSQL major versions projects may be created with, newest last. */
@@ -61,6 +62,13 @@ export interface ControlPlaneServiceOptions {
   lifecycle?: EndpointLifecycle | null;
   /** The port users connect to (the gateway's); left out of connection strings when it is 5432. */
   publicPort?: number;
+  /**
+   * One host users reach every endpoint at, naming the endpoint in `options` (e.g. 127.0.0.1 for a platform on this
+   * machine); empty: `ep-<id>.<domain>`, which DNS resolves (connection-strings.ts).
+   */
+  publicHost?: string;
+  /** The `sslrootcert` of connection strings: the CA file clients verify the gateway with, or `system` (default). */
+  publicRootCert?: string;
   /** Tells the time (tests may pin it). */
   now?: () => number;
 }
@@ -113,10 +121,12 @@ function projectNotFound(projectId: string): ServerError {
 export function controlPlaneService(options: ControlPlaneServiceOptions): ControlPlaneServiceImplementation<Context> {
   const { catalog, pageserver, domain } = options;
   const now = options.now ?? Date.now;
-  const publicPort = options.publicPort ?? 5432;
-  /** Where users connect to an endpoint: its name under the domain, the port unless it is 5432. */
-  const publicHost = (endpointId: string, pooled: boolean): string =>
-    `${endpointId}${pooled ? '-pooler' : ''}.${domain}${publicPort === 5432 ? '' : `:${publicPort}`}`;
+  const access: PublicAccess = {
+    domain,
+    port: options.publicPort ?? 5432,
+    sharedHost: sharedHostFor(domain, options.publicHost ?? ''),
+    rootCert: options.publicRootCert || 'system',
+  };
   if (options.regions.length === 0) throw new Error('controlPlaneService: at least one region is needed');
 
   /** The tenant's live project (not being deleted), or NOT_FOUND. */
@@ -302,14 +312,13 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
         throw alreadyExists(`a project named ${JSON.stringify(name)} exists already (${outcome.existingId}): choose another name`);
       }
       context.log.info({ projectId, branchId, endpointId: endpoint.endpointId, withTimeline: pageserver !== null }, 'project created');
-      const host = publicHost(endpoint.endpointId, false);
       return {
         project: projectMessage(project),
         defaultBranch: branchMessage(branch),
         defaultEndpoint: endpointMessage(endpoint, domain),
         defaultRole: roleMessage(role),
         defaultRolePassword: password,
-        connectionUri: `postgresql://${encodeURIComponent(role.name)}:${encodeURIComponent(password)}@${host}/${DEFAULT_DATABASE_NAME}?sslmode=require`,
+        connectionUri: connectionUri(access, { endpointId: endpoint.endpointId, pooled: false, role: role.name, database: DEFAULT_DATABASE_NAME, password }),
       };
     },
 
@@ -613,8 +622,7 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
       if (!(await catalog.roleByName(endpoint.branchId, role))) {
         throw notFound(`branch ${endpoint.branchId} of endpoint ${endpointId} has no role ${JSON.stringify(role)}: create it (CreateRole) or name another (ListRoles)`);
       }
-      const host = publicHost(endpointId, request.pooled);
-      return { uri: `postgresql://${encodeURIComponent(role)}@${host}/${encodeURIComponent(database)}?sslmode=require` };
+      return { uri: connectionUri(access, { endpointId, pooled: request.pooled, role, database }) };
     },
   };
 }

@@ -1,16 +1,21 @@
 /**
  * A local certificate authority and a server certificate signed by it, made with the `openssl` command line, for
  * TLS on a developer's machine, in tests and in benchmarks (the gateway's `--tls-cert`/`--tls-key`, PgBouncer's
- * client TLS). Clients trust the CA's certificate alone (`sslrootcert=` for libpq, `ca` for Node).
+ * client TLS). Clients trust the CA's certificate alone (`sslrootcert=` for libpq, pgx and pgjdbc, `ca` for Node).
  *
  * The CA (`ca.crt`, `ca.key`; CN "SPG99 local CA", 10 years) is made once and kept, so clients that trust it keep
  * working when the server certificate is renewed. The server certificate (`server.crt`, `server.key`; 1 year)
  * covers `<domain>`, `*.<domain>`, `localhost`, 127.0.0.1 and ::1; it is kept while it is signed by that CA,
  * matches its key, covers the domain asked for and has more than 30 days left, and made anew otherwise.
  *
- * A wildcard directly under a one-label domain (`*.localhost`) is accepted by libpq's `sslmode=verify-full`, but
- * refused by OpenSSL's host check and by Node's `tls.checkServerIdentity` (they want two labels after the `*`):
- * Node clients that verify such a certificate pass {@link checkLocalServerIdentity}.
+ * What each client verifies (docs/connecting.md): a connection to 127.0.0.1 (the local platform's connection
+ * strings) is checked against the IP address, which libpq, Node, pgx and pgjdbc all match. A connection that names
+ * the endpoint by SNI is checked against `*.<domain>`: with a domain of two labels or more, such as
+ * {@link LOCAL_DOMAIN}, every one of them accepts the wildcard. Directly under a one-label domain (`*.localhost`)
+ * only libpq, pgx and pgjdbc do; OpenSSL's host check and Node's `tls.checkServerIdentity` refuse it (they want
+ * two labels after the `*`), which is why the local platform names its endpoints under {@link LOCAL_DOMAIN}. Node
+ * clients that must verify a `*.localhost` certificate (the test harness' gateway) pass
+ * {@link checkLocalServerIdentity}.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -33,9 +38,16 @@ export interface LocalCertificates {
 
 /** Options of {@link ensureLocalCertificates}. */
 export interface LocalCertificateOptions {
-  /** The domain endpoints live under (`localhost`: endpoints are `ep-<id>.localhost`). */
+  /** The domain endpoints live under ({@link LOCAL_DOMAIN}: endpoints are `ep-<id>.spg99.localhost`). */
   domain: string;
 }
+
+/**
+ * The domain a platform on one machine names its endpoints under (`ep-<id>.spg99.localhost`): names under
+ * `.localhost` never leave the machine (RFC 6761; systemd-resolved and browsers answer them with loopback), and two
+ * labels after the wildcard let Node and OpenSSL verify `*.spg99.localhost`, which they refuse for `*.localhost`.
+ */
+export const LOCAL_DOMAIN = 'spg99.localhost';
 
 /** The CA's common name. */
 export const LOCAL_CA_NAME = 'SPG99 local CA';

@@ -193,7 +193,11 @@ describe('spg99 CLI (real control plane, real Redis)', function () {
       expect(fields.Endpoint).to.match(/^ep-[0-9a-f]{32} \(STOPPED;/);
       expect(fields.Role).to.match(/^owner \(rl-/);
       expect(fields.Password).to.have.length.greaterThanOrEqual(32);
-      expect(fields['Connection URI']).to.equal(`postgresql://owner:${fields.Password}@${fields.Host}/postgres?sslmode=require`);
+      // The control plane's default domain has one label: endpoints share 127.0.0.1 and are named in options.
+      const endpointId = /^(ep-[0-9a-f]{32}) /.exec(fields.Endpoint)?.[1];
+      expect(fields['Connection URI']).to.equal(
+        `postgresql://owner:${fields.Password}@127.0.0.1/postgres?options=endpoint%3D${endpointId}&sslmode=verify-full&sslrootcert=system`,
+      );
       expect(shown).to.contain('shown only this once');
 
       const created = json(
@@ -379,10 +383,29 @@ describe('spg99 CLI (real control plane, real Redis)', function () {
       const rolesJson = json(await spg99(['roles', 'list', '--branch', branchId, '--json'], admin));
       expect(rolesJson.roles.map((listed: { roleId: string }) => listed.roleId)).to.include(role.role.roleId);
 
-      const host: string = created.defaultEndpoint.host;
-      expect(succeeded(await spg99(['connection-string', endpointId], admin))).to.equal(`postgresql://owner@${host}/postgres?sslmode=require\n`);
+      const direct = `postgresql://owner@127.0.0.1/postgres?options=endpoint%3D${endpointId}&sslmode=verify-full&sslrootcert=system`;
+      expect(succeeded(await spg99(['connection-string', endpointId], admin))).to.equal(`${direct}\n`);
       const pooled = json(await spg99(['connection-string', endpointId, '--role', 'app', '--database', 'shop', '--pooled', '--json'], admin));
-      expect(pooled.uri).to.match(new RegExp(`^postgresql://app@${endpointId}-pooler\\.localhost(:\\d+)?/shop\\?sslmode=require$`));
+      expect(pooled).to.deep.equal({
+        uri: `postgresql://app@127.0.0.1/shop?options=endpoint%3D${endpointId}-pooler&sslmode=verify-full&sslrootcert=system`,
+        format: 'uri',
+        connectionString: pooled.uri,
+      });
+      // The other forms, from the same URI (a public CA: libpq's system store, Java's own trust store for pgjdbc).
+      expect(succeeded(await spg99(['connection-string', endpointId, '--format', 'keyword'], admin))).to.equal(
+        `host=127.0.0.1 port=5432 user=owner dbname=postgres options=endpoint=${endpointId} sslmode=verify-full sslrootcert=system\n`,
+      );
+      expect(succeeded(await spg99(['connection-string', endpointId, '--format', 'env'], admin))).to.equal(
+        [
+          'export PGHOST=127.0.0.1', 'export PGPORT=5432', 'export PGUSER=owner', 'export PGDATABASE=postgres',
+          `export PGOPTIONS=endpoint=${endpointId}`, 'export PGSSLMODE=verify-full', 'export PGSSLROOTCERT=system',
+          "# and PGPASSWORD: the role's password (see docs/connecting.md)", '',
+        ].join('\n'),
+      );
+      expect(succeeded(await spg99(['connection-string', endpointId, '--pooled', '--format', 'jdbc'], admin))).to.equal(
+        `jdbc:postgresql://127.0.0.1:5432/postgres?user=owner&options=endpoint%3D${endpointId}-pooler&sslmode=verify-full&sslfactory=org.postgresql.ssl.DefaultJavaSSLFactory\n`,
+      );
+      failedWith(await spg99(['connection-string', endpointId, '--format', 'yaml'], admin), 2, '--format must be one of uri, keyword, env, jdbc');
       failedWith(await spg99(['connection-string', endpointId, '--role', 'nobody'], admin), 1, 'connection-string', 'nobody');
 
       const reset = succeeded(await spg99(['roles', 'reset-password', role.role.roleId], admin));

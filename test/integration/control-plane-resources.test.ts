@@ -171,12 +171,12 @@ describe('control plane resources: branches, endpoints, roles, connection string
     // The name is free again.
     await api.createRole({ branchId, name: 'app_writer' });
 
-    // Connection strings: no password, the endpoint's host under the domain, the public port.
+    // Connection strings: no password, the endpoint's host under the domain, the public port, verified TLS.
     expect((await api.getConnectionString({ endpointId, roleName: '', databaseName: '', pooled: false })).uri).to.equal(
-      `postgresql://owner@${endpointId}.db.example.net:6432/postgres?sslmode=require`,
+      `postgresql://owner@${endpointId}.db.example.net:6432/postgres?sslmode=verify-full&sslrootcert=system`,
     );
     expect((await api.getConnectionString({ endpointId, roleName: 'app_writer', databaseName: 'orders', pooled: true })).uri).to.equal(
-      `postgresql://app_writer@${endpointId}-pooler.db.example.net:6432/orders?sslmode=require`,
+      `postgresql://app_writer@${endpointId}-pooler.db.example.net:6432/orders?sslmode=verify-full&sslrootcert=system`,
     );
     expect(project.connectionUri).to.contain(`${endpointId}.db.example.net:6432/postgres`);
     await expectStatus(api.getConnectionString({ endpointId, roleName: 'ghost', databaseName: '', pooled: false }), Status.NOT_FOUND, 'ghost', 'CreateRole');

@@ -197,7 +197,10 @@ describe('control plane (real process, real Redis)', function () {
       expect(defaultEndpoint?.host).to.equal(`${defaultEndpoint?.endpointId}.localhost`);
       expect(defaultRole).to.deep.include({ name: 'owner', branchId: defaultBranch?.branchId });
       expect(created.defaultRolePassword).to.have.length.greaterThanOrEqual(32);
-      expect(created.connectionUri).to.equal(`postgresql://owner:${created.defaultRolePassword}@${defaultEndpoint?.host}/postgres?sslmode=require`);
+      // Under the one-label default domain, endpoints share 127.0.0.1 and are named in options (connection-strings.ts).
+      expect(created.connectionUri).to.equal(
+        `postgresql://owner:${created.defaultRolePassword}@127.0.0.1/postgres?options=endpoint%3D${defaultEndpoint?.endpointId}&sslmode=verify-full&sslrootcert=system`,
+      );
 
       // The catalog keeps a SCRAM verifier, never the password.
       const client = await redis.client();

@@ -4,7 +4,9 @@
  * `make down`. The commands are read from the README's fenced block and must be exactly the {@link STEPS} below, so
  * the two cannot drift apart; each runs through bash with only the placeholders filled in, `make up|down` run as
  * `node dist/scripts/local-cluster.js up|down` (make would rebuild dist/), and the platform lives in a temporary
- * `SPG99_HOME` on free ports (the port and CA path of the psql lines are rewritten to match).
+ * `SPG99_HOME` on free ports. The psql lines use the connection strings the platform prints, so nothing in them is
+ * rewritten: they name the gateway's port and the CA as they are, and 127.0.0.1 with the endpoint in `options`
+ * (this machine's resolver knows no `ep-….spg99.localhost`).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -17,9 +19,16 @@ import { REPO_ROOT, TempDir } from '../harness/process.js';
 const README = path.join(REPO_ROOT, 'README.md');
 const LOCAL_CLUSTER = path.join(REPO_ROOT, 'dist', 'scripts', 'local-cluster.js');
 
-/** The psql command of the README, against `host` (a placeholder). */
-function psql(host: string, sql: string): string {
-  return `psql "host=${host}.localhost hostaddr=127.0.0.1 port=5432 user=owner dbname=postgres sslmode=verify-full sslrootcert=.spg99/tls/ca.crt" -c "${sql}"`;
+/** The psql command of the README with the string `spg99 connection-string` prints for `endpoint` (a placeholder). */
+function psql(endpoint: string, sql: string): string {
+  return `psql "$(node dist/cmd/spg99.js connection-string ${endpoint})" -c "${sql}"`;
+}
+
+/** The environment of a user's shell: no key, password or psql settings from the test runner's. */
+function userEnvironment(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const name of Object.keys(env)) if (/^(SPG99_|PG)/.test(name)) delete env[name];
+  return { ...env, PSQLRC: '/dev/null', PGCONNECT_TIMEOUT: '120' };
 }
 
 /** What the steps learn from the outputs, by the README's placeholder. */
@@ -58,14 +67,21 @@ function field(output: string, name: string): string {
 const STEPS: Step[] = [
   {
     command: 'make up',
-    check(output, values) {
+    async check(output, values) {
       expect(output).to.contain('SPG99 is up.');
       const line = output.split('\n').find((text) => text.startsWith('SPG99_UP_JSON '));
       expect(line, output).to.not.equal(undefined);
-      const up = JSON.parse(line!.slice('SPG99_UP_JSON '.length)) as { apiKey: string };
+      const up = JSON.parse(line!.slice('SPG99_UP_JSON '.length)) as { apiKey: string; demo: { connectionUri: string } };
       // The user copies the export line; the machine line carries the same key.
       expect(output).to.contain(`export SPG99_API_KEY=${up.apiKey}`);
       values.set('<API key>', up.apiKey);
+      // The psql command it prints works as typed: verified TLS, on a resolver that knows no endpoint names.
+      const connect = /^ {2}Connect: +(psql "[^"]+")$/m.exec(output);
+      expect(connect, output).to.not.equal(null);
+      expect(connect![1]).to.equal(`psql "${up.demo.connectionUri}"`).and.to.contain('sslmode=verify-full');
+      const typed = await bash(`${connect![1]} -tAc "SELECT current_user"`, userEnvironment());
+      expect(typed.code, `${connect![1]}\n${typed.stdout}${typed.stderr}`).to.equal(0);
+      expect(typed.stdout).to.equal('owner\n');
     },
   },
   {
@@ -96,11 +112,11 @@ const STEPS: Step[] = [
       values.set('<pj-…>', project![1]);
       values.set('<ep-…>', endpoint![1]);
       values.set('<password>', field(output, 'Password'));
+      values.set('<connection URI>', field(output, 'Connection URI'));
     },
   },
-  { command: 'export PGPASSWORD=<password>', check() {} },
   {
-    command: psql('<ep-…>', "CREATE TABLE items (id int, name text); INSERT INTO items VALUES (1, 'apple'), (2, 'pear')"),
+    command: `psql "<connection URI>" -c "CREATE TABLE items (id int, name text); INSERT INTO items VALUES (1, 'apple'), (2, 'pear')"`,
     check(output) {
       expect(output).to.equal('CREATE TABLE\nINSERT 0 2\n');
     },
@@ -113,6 +129,7 @@ const STEPS: Step[] = [
       values.set('<time>', time);
     },
   },
+  { command: 'export PGPASSWORD=<password>', check() {} },
   {
     command: psql('<ep-…>', "INSERT INTO items VALUES (3, 'plum')"),
     check(output) {
@@ -248,7 +265,6 @@ describe('the README quickstart', function () {
   describe('run as written against a local platform in a temporary SPG99_HOME', () => {
     let home: TempDir;
     let env: NodeJS.ProcessEnv;
-    let gatewayPort: number;
     let passed = false;
     /** Every pid any cluster.json named, for the teardown. */
     const recordedPids = new Set<number>();
@@ -265,10 +281,7 @@ describe('the README quickstart', function () {
       let text = command;
       for (const [placeholder, value] of values) text = text.split(placeholder).join(value);
       expect(text, 'every placeholder was filled in').to.not.match(/<[^>]*>/);
-      return text
-        .replace(/^make (up|down|status)$/, `node ${LOCAL_CLUSTER} $1`)
-        .replace(' port=5432 ', ` port=${gatewayPort} `)
-        .replace('sslrootcert=.spg99/', `sslrootcert=${home.path}/`);
+      return text.replace(/^make (up|down|status)$/, `node ${LOCAL_CLUSTER} $1`);
     };
 
     /** Runs one step: an `export` sets the environment of the next ones, anything else runs through bash. */
@@ -296,10 +309,8 @@ describe('the README quickstart', function () {
       const [redis, safekeeper1, safekeeper2, safekeeper3, pageserver, controlPlane, provisioner, gateway, gatewayAdmin, controlPlaneInternal] = await Promise.all(
         Array.from({ length: 10 }, () => freePort()),
       );
-      gatewayPort = gateway;
-      env = { ...process.env };
       // The user's shell, not the test runner's: no key, password or psql settings from outside.
-      for (const name of Object.keys(env)) if (/^(SPG99_|PG)/.test(name)) delete env[name];
+      env = userEnvironment();
       Object.assign(env, {
         SPG99_HOME: home.path,
         SPG99_UP_JSON: '1',
@@ -315,8 +326,6 @@ describe('the README quickstart', function () {
         SPG99_GATEWAY_ADMIN_PORT: String(gatewayAdmin),
         // The CLI's one difference from the README: the control plane is not on its default port.
         SPG99_API: `127.0.0.1:${controlPlane}`,
-        PSQLRC: '/dev/null',
-        PGCONNECT_TIMEOUT: '120',
       });
     });
 
@@ -348,7 +357,7 @@ describe('the README quickstart', function () {
       for (const step of STEPS) {
         if (step.command === 'make down') pidsBeforeDown = clusterPids();
         const result = await run(step, values);
-        const label = step.command.replace(/"host=(.+?)\.localhost [^"]*"/, '$1');
+        const label = step.command.replace(/"\$\(node dist\/cmd\/spg99\.js connection-string (.+?)\)"/, '$1');
         if (result.ms > 0) timings.push(`${(result.ms / 1000).toFixed(1).padStart(5)} s  ${label}`);
       }
       console.log(`      ${timings.join('\n      ')}`);

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { X509Certificate, type KeyObject } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
-import { checkLocalServerIdentity, ensureLocalCertificates, LOCAL_CA_NAME, type LocalCertificates } from '../../src/lib/tls-certs.js';
+import { checkLocalServerIdentity, ensureLocalCertificates, LOCAL_CA_NAME, LOCAL_DOMAIN, type LocalCertificates } from '../../src/lib/tls-certs.js';
 import { TempDir } from '../harness/process.js';
 
 const DAY_MS = 24 * 3600 * 1000;
@@ -134,6 +134,24 @@ describe('local TLS certificates (openssl)', function () {
     const untrusted = await handshake(files, 'localhost', { ca: [] as string[] });
     expect(untrusted.authorized).to.equal(false);
     expect(untrusted.authorizationError).to.match(/self[- ]signed|unable to (get|verify)/i);
+  });
+
+  it(`for ${LOCAL_DOMAIN}, satisfies Node's own hostname check by SNI (ep-abc, ep-abc-pooler) and by 127.0.0.1 without SNI`, async () => {
+    const files = await ensureLocalCertificates(newDirectory().path, { domain: LOCAL_DOMAIN });
+    const server = certificate(files.certFile);
+    // OpenSSL (libpq, and pgx/pgjdbc by the same rules) takes the wildcard with two labels after it.
+    expect(server.checkHost(`ep-abc.${LOCAL_DOMAIN}`)).to.equal(`*.${LOCAL_DOMAIN}`);
+    for (const name of [`ep-abc.${LOCAL_DOMAIN}`, `ep-abc-pooler.${LOCAL_DOMAIN}`]) {
+      // No checkServerIdentity of ours: tls.checkServerIdentity decides.
+      expect(await handshake(files, name), name).to.deep.equal({ authorized: true, serverSawServername: name });
+    }
+    // The local platform's connection strings: host 127.0.0.1, no SNI (an IP address is never sent as a name),
+    // checked against the certificate's IP address.
+    const byAddress = await handshake(files, '', { servername: undefined });
+    expect(byAddress).to.deep.equal({ authorized: true, serverSawServername: false });
+    // Names outside the domain stay refused.
+    expect((await handshake(files, 'ep-abc.localhost')).authorized).to.equal(false);
+    expect((await handshake(files, `a.ep-abc.${LOCAL_DOMAIN}`)).authorized).to.equal(false);
   });
 
   it('keeps valid files on a second call, renews the server certificate for another domain and keeps the CA', async () => {

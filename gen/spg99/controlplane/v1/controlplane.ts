@@ -720,7 +720,12 @@ export interface GetConnectionStringRequest {
 }
 
 export interface GetConnectionStringResponse {
-  /** `postgresql://<role>@<host>/<database>?sslmode=require`; the client supplies the password. */
+  /**
+   * `postgresql://<role>@<host>/<database>?[options=endpoint%3D<endpoint>&]sslmode=verify-full&sslrootcert=<CA>`:
+   * the endpoint's own name under the domain, or one shared host with the endpoint named in `options`; the
+   * certificate verified against the platform's CA file or `system` (docs/connecting.md). The client supplies the
+   * password.
+   */
   uri: string;
 }
 
