@@ -21,11 +21,13 @@ const OPEN = new Set(['/grpc.health.v1.Health/Check', '/grpc.health.v1.Health/Wa
 const POLICY: Record<string, readonly Role[]> = {
   [`${SAFEKEEPER}/CreateTimeline`]: ['control-plane', 'compute'],
   [`${SAFEKEEPER}/DeleteTimeline`]: ['control-plane'],
-  [`${SAFEKEEPER}/GetTimelineStatus`]: ['control-plane', 'pageserver', 'compute'],
+  // A safekeeper pulling a timeline (PullTimeline) reads its peers' status and committed WAL.
+  [`${SAFEKEEPER}/GetTimelineStatus`]: ['control-plane', 'pageserver', 'compute', 'safekeeper'],
   [`${SAFEKEEPER}/ListTimelines`]: ['control-plane', 'pageserver'],
   [`${SAFEKEEPER}/Vote`]: ['compute'],
   [`${SAFEKEEPER}/Append`]: ['compute'],
-  [`${SAFEKEEPER}/StreamWal`]: ['pageserver', 'compute'],
+  [`${SAFEKEEPER}/StreamWal`]: ['pageserver', 'compute', 'safekeeper'],
+  [`${SAFEKEEPER}/PullTimeline`]: ['control-plane'],
   [`${SAFEKEEPER}/ReportConsumerProgress`]: ['pageserver'],
   [PAGE]: ['compute'],
   [`${TIMELINE}/DescribeTimeline`]: ['control-plane', 'compute'],
