@@ -62,9 +62,11 @@ process.umask(0o077);
 let platformKeys: PlatformCredentials | null = null;
 function keys(): PlatformCredentials {
   if (!platformKeys) {
-    fs.mkdirSync(home, { recursive: true, mode: 0o700 });
-    // A state directory made before umask 077 keeps older 0644 files: its own mode covers them all.
-    fs.chmodSync(home, 0o700);
+    fs.mkdirSync(home, { recursive: true, mode: 0o711 });
+    // Others may pass through (the Postgres OS user reaches its data directories below; prepareDirectoryFor gives
+    // the same bit) but not list it; what is inside is private by umask 077. Not 0700: a second make up, make status
+    // or operator-token would take the running Postgres processes' way to their files away.
+    fs.chmodSync(home, 0o711);
     platformKeys = ensurePlatformCredentials(keysDir);
     setProcessCredential(new SelfSigner('operator', readPrivateKey(platformKeys.keyFiles.operator)));
   }
