@@ -138,6 +138,24 @@ class Writer {
   }
 }
 
+/**
+ * Creates the chaos table and two writers through the gateway (session mode and the transaction pooler) sharing one
+ * id sequence; `progress` resolves once each has made 20 more commits.
+ */
+async function startWriters(gateway: GatewayNode, endpointId: string, owner: Parameters<GatewayNode['clientConfig']>[1]) {
+  const setup = await gateway.connect(endpointId, owner);
+  await setup.query('CREATE TABLE chaos (id int NOT NULL, part int NOT NULL)');
+  await setup.end();
+  let sent = 0;
+  const nextId = () => ++sent;
+  const writers = [
+    new Writer('session', gateway.clientConfig(endpointId, owner), nextId),
+    new Writer('pooled', gateway.clientConfig(endpointId, { ...owner, pooled: true }), nextId),
+  ];
+  const progress = (what: string) => Promise.all(writers.map((writer) => writer.progress(20, what)));
+  return { writers, progress };
+}
+
 /** A component the test kills and brings back. */
 interface Target {
   name: string;
@@ -231,17 +249,7 @@ describe('durability under faults (SIGKILL of each component under a write load;
     });
     const timelineId = project.defaultEndpoint!.branchId;
 
-    const setup = await gateway.connect(endpointId, owner);
-    await setup.query('CREATE TABLE chaos (id int NOT NULL, part int NOT NULL)');
-    await setup.end();
-
-    let sent = 0;
-    const nextId = () => ++sent;
-    const writers = [
-      new Writer('session', gateway.clientConfig(endpointId, owner), nextId),
-      new Writer('pooled', gateway.clientConfig(endpointId, { ...owner, pooled: true }), nextId),
-    ];
-    const progress = (what: string) => Promise.all(writers.map((writer) => writer.progress(20, what)));
+    const { writers, progress } = await startWriters(gateway, endpointId, owner);
     const survived: string[] = [];
     try {
       await progress('before the first kill');
@@ -333,16 +341,7 @@ describe('durability under faults (SIGKILL of each component under a write load;
     });
     h.expectedErrors.push(...EXPLAINED_ERRORS.compute!);
 
-    const setup = await gateway.connect(endpointId, owner);
-    await setup.query('CREATE TABLE chaos (id int NOT NULL, part int NOT NULL)');
-    await setup.end();
-    let sent = 0;
-    const nextId = () => ++sent;
-    const writers = [
-      new Writer('session', gateway.clientConfig(endpointId, owner), nextId),
-      new Writer('pooled', gateway.clientConfig(endpointId, { ...owner, pooled: true }), nextId),
-    ];
-    const progress = (what: string) => Promise.all(writers.map((writer) => writer.progress(20, what)));
+    const { writers, progress } = await startWriters(gateway, endpointId, owner);
     const computes = new Set<string>();
     const events: string[] = [];
     try {
