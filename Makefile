@@ -37,7 +37,7 @@ build: install ## Compiles TypeScript to dist/, with the descriptor set server r
 	$(BIN)/tsc -p tsconfig.json
 	$(BIN)/buf build -o dist/descriptor.binpb
 
-test: lint build ## Runs every test (unit and integration, with real Postgres and safekeepers)
+test: lint build ## Runs every test (unit and integration, with real Postgres and safekeepers), two files at a time (SPG99_TEST_JOBS=1: one)
 	$(BIN)/mocha
 
 test-unit: build ## Runs only the unit tests
