@@ -4,7 +4,6 @@
  * client's server name (SNI) for routing, plaintext only when allowed, limits on clients, the pools of server
  * connections, and the operations of the admin API (pause, resume, switch backend, list).
  */
-import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { Duplex } from 'node:stream';
@@ -78,11 +77,6 @@ export interface GatewayOptions {
    * descriptors per address, and a flood from one address cannot starve the others.
    */
   maxUnfinishedPerAddress?: number;
-  /**
-   * The secret the mock SCRAM salt of a role that does not exist is derived from (default: from the TLS key, so it is
-   * the same across restarts and replicas; random per process without TLS).
-   */
-  mockSaltSecret?: Buffer;
   /** Failed logins of one credential (and address) before its answers are delayed, and the longest delay. */
   authFailuresBeforeDelay?: number;
   maxAuthDelayMs?: number;
@@ -118,7 +112,6 @@ export class Gateway {
     this.routing = new Routing({
       controlPlane: options.controlPlane,
       wakeTimeoutMs: options.wakeTimeoutMs ?? 60_000,
-      mockSaltSecret: options.mockSaltSecret ?? mockSaltSecretOf(options.tls?.key),
       authFailuresBeforeDelay: options.authFailuresBeforeDelay,
       maxAuthDelayMs: options.maxAuthDelayMs,
     });
@@ -466,11 +459,6 @@ function closeWith(socket: net.Socket, response: Buffer): void {
   if (socket.destroyed) return;
   socket.end(response);
   setTimeout(() => socket.destroy(), 1_000).unref();
-}
-
-/** The mock-salt secret derived from the TLS key (stable across restarts and replicas), or random without one. */
-function mockSaltSecretOf(tlsKey: Buffer | undefined): Buffer {
-  return tlsKey ? createHash('sha256').update('spg99 gateway mock SCRAM salt\0').update(tlsKey).digest() : randomBytes(32);
 }
 
 /** The client keys each pool opens its connections with (kept apart from the pool: they are secrets). */

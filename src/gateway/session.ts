@@ -1,6 +1,6 @@
 /**
- * One client connection after its startup packet: authentication (SCRAM-SHA-256 against the role's verifier, before
- * anything wakes), wake-on-connect, the login answer, and then the proxying itself in one of two modes:
+ * One client connection after its startup packet: authentication (SCRAM-SHA-256, relayed to the control plane that
+ * holds the verifiers, before anything wakes), wake-on-connect, the login answer, and then the proxying itself in one of two modes:
  *
  * - **session**: the client owns one server connection until it leaves; bytes pass through untouched.
  * - **transaction**: a server connection is taken at the first message of a transaction and given back at the
@@ -16,7 +16,7 @@ import { createHash, randomInt } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { newTraceId, type Logger } from '../lib/log.js';
 import { counter, histogram } from '../lib/metrics.js';
-import { ScramAuthError, ScramProtocolError, ScramServerSession, parseVerifier } from '../lib/scram.js';
+import { ScramProtocolError } from '../lib/scram.js';
 import type { EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { PoolTimeoutError, type Pool } from './pool.js';
 import {
@@ -223,11 +223,8 @@ export class ClientSession {
     this.context.admit(this, null);
     const address = this.remoteAddress.replace(/:\d+$/, '');
 
-    // Authentication before anything wakes: a wrong password costs the platform nothing. A role that does not exist
-    // gets a mock verifier (a stable salt), so the exchange looks the same as for one that does.
-    const verifierText = await routing.verifier(name.endpointId, user);
-    const verifier = verifierText === null ? routing.mockVerifier(name.endpointId, user) : parseVerifier(verifierText);
-    const scram = new ScramServerSession(verifier);
+    // Authentication before anything wakes: a wrong password costs the platform nothing. The control plane holds the
+    // verifiers and checks the proof; the gateway relays the messages and gets the keys only for a right proof.
     this.socket.write(authenticationSasl());
     const initial = await reader.next();
     if (initial[0] !== MessageType.password) throw new ProtocolError('expected a SASLInitialResponse');
@@ -241,7 +238,8 @@ export class ClientSession {
       throw new ProtocolError(`invalid SASLInitialResponse: its response length ${length} does not match the message`);
     }
     const clientFirst = initial.toString('utf8', mechanism.next + 4, mechanism.next + 4 + length);
-    this.socket.write(authenticationSaslContinue(scram.handleClientFirst(clientFirst)));
+    const exchange = await routing.beginScram(name.endpointId, user, clientFirst);
+    this.socket.write(authenticationSaslContinue(exchange.serverFirst));
     let final: Buffer;
     try {
       final = await reader.next();
@@ -254,15 +252,9 @@ export class ClientSession {
     if (final[0] !== MessageType.password) throw new ProtocolError('expected a SASLResponse');
     // The delay is decided before this attempt counts, and holds a right proof as long as a wrong one.
     const delayMs = routing.authDelayMs(address, name.endpointId, user);
-    let outcome: { serverFinal: string; clientKey: Buffer } | null = null;
-    try {
-      outcome = scram.handleClientFinal(final.toString('utf8', 5));
-      if (verifierText === null) throw new ScramAuthError('no such role');
-    } catch (error) {
-      if (!(error instanceof ScramAuthError)) throw error;
-      outcome = null;
+    const outcome = await routing.finishScram(exchange.sessionId, final.toString('utf8', 5));
+    if (!outcome) {
       routing.recordAuthFailure(address, name.endpointId, user);
-      routing.forgetVerifier(name.endpointId, user);
       authFailures.inc({ reason: 'password' });
     }
     if (delayMs > 0) {
@@ -273,7 +265,7 @@ export class ClientSession {
     this.socket.write(authenticationSaslFinal(outcome.serverFinal));
     clearTimeout(this.loginTimer);
     this.onAuthenticated?.();
-    const credentials = { clientKey: outcome.clientKey, serverKey: verifier.serverKey };
+    const credentials = { clientKey: outcome.clientKey, serverKey: outcome.serverKey };
 
     // Wake (when stopped) and take a server connection: its ParameterStatus is what the client is told.
     const started = Date.now();
