@@ -225,7 +225,7 @@ export class Gateway {
         closeWith(socket, errorResponse({ code: error.code, message: error.message }));
       } else if (error instanceof ProtocolError || error instanceof RoutingError) {
         connectionsTotal.inc({ kind: 'refused' });
-        closeWith(socket, errorResponse({ code: error.code, message: error.message, hint: error instanceof RoutingError ? error.hint : undefined }));
+        closeWith(socket, errorResponse({ code: error.code, message: error.message, detail: error instanceof ProtocolError ? error.detail : undefined, hint: error instanceof RoutingError ? error.hint : undefined }));
       } else {
         this.options.log.debug({ err: error, remote }, 'a connection ended before its startup');
         socket.destroy();
@@ -259,14 +259,22 @@ export class Gateway {
         const name = packet.kind === 'ssl' ? 'SSLRequest' : 'GSSENCRequest';
         if (asked.has(packet.kind)) throw new ProtocolError(`a second ${name} on one connection: refused (send the startup packet after the answer)`);
         asked.add(packet.kind);
-        if (first.leftover.length > 0) throw new ProtocolError('data after the encryption request, before the answer: refused');
-        if (packet.kind === 'ssl' && this.secureContext) {
-          socket.write('S');
+        // As PostgreSQL 18 (the fix of CVE-2021-23214): the answer first, then bytes that came with the request are
+        // refused, unencrypted, since a man in the middle may have put them there.
+        const early = first.leftover.length > 0;
+        const answer = packet.kind === 'ssl' && this.secureContext ? 'S' : 'N';
+        socket.write(answer);
+        if (early) {
+          throw new ProtocolError(
+            `received unencrypted data after ${packet.kind === 'ssl' ? 'SSL' : 'GSSAPI encryption'} request`,
+            '08P01',
+            'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.',
+          );
+        }
+        if (answer === 'S') {
           ({ socket, serverName } = await this.upgrade(socket, left()));
           current.socket = socket;
           secure = true;
-        } else {
-          socket.write('N');
         }
         first = await readFirstPacket(socket, left());
         continue;

@@ -41,8 +41,10 @@ import {
   readQuery,
   readTarget,
   readyForQuery,
+  simpleQuery,
   targetMessage,
 } from './protocol.js';
+import { poolerRefusal, refusalStatement } from './pooler-contract.js';
 import { endpointOf, RoutingError, type EndpointName, type Routing } from './routing.js';
 import { ServerConnectError, type ServerConnection } from './server-connection.js';
 
@@ -55,25 +57,33 @@ const transactionsTotal = counter('spg99_gateway_transactions_total', 'Transacti
 const SESSION_CHANGING_STATEMENT = /(^|;)\s*(set|reset|prepare|deallocate|listen|unlisten|declare|discard|load|create\s+(global\s+|local\s+)?temp(orary)?)\b/i;
 const SESSION_CHANGING_CALL = /\b(set_config|pg_advisory_lock|pg_advisory_lock_shared|pg_try_advisory_lock|pg_try_advisory_lock_shared)\s*\(/i;
 
+/** Statements that may change a table's shape, after which shared prepared statements are parsed afresh. */
+const SCHEMA_CHANGING_STATEMENT = /(^|;)\s*(alter|create|drop)\b/i;
+
 function changesSession(sql: string): boolean {
   return SESSION_CHANGING_STATEMENT.test(sql) || SESSION_CHANGING_CALL.test(sql);
 }
 
 /** What a forwarded message will be answered with, in order. */
 interface Expected {
-  readonly kind: 'parse' | 'bind' | 'close' | 'describe' | 'execute' | 'sync' | 'query';
+  /** `copyEnd`: no answer; marks where the client ended a COPY FROM STDIN (its CopyDone or CopyFail). */
+  readonly kind: 'parse' | 'bind' | 'close' | 'describe' | 'execute' | 'sync' | 'query' | 'copyEnd';
   /** An answer the gateway gives itself when everything before it is answered. */
   readonly synthetic: Buffer | null;
   /** The answer belongs to a message the gateway injected: the client never sees it. */
   readonly swallow: boolean;
   /** The pooler-wide statement a Parse creates (forgotten on the server connection if the Parse fails). */
   readonly statement: string | null;
+  /** The pooler-wide statement a Bind or Describe uses (found stale when it fails), with its base name. */
+  readonly uses: { name: string; base: string } | null;
 }
 
 /** An expected answer; entries are never changed, so the plain ones are shared (one shape for all: fast lookups). */
-function expected(kind: Expected['kind'], extra: { synthetic?: Buffer; swallow?: boolean; statement?: string } = {}): Expected {
-  return { kind, synthetic: extra.synthetic ?? null, swallow: extra.swallow ?? false, statement: extra.statement ?? null };
+function expected(kind: Expected['kind'], extra: { synthetic?: Buffer; swallow?: boolean; statement?: string; uses?: { name: string; base: string } } = {}): Expected {
+  return { kind, synthetic: extra.synthetic ?? null, swallow: extra.swallow ?? false, statement: extra.statement ?? null, uses: extra.uses ?? null };
 }
+
+const EXPECT_COPY_END = expected('copyEnd', { swallow: true });
 
 const EXPECT = {
   query: expected('query'),
@@ -87,6 +97,8 @@ const EXPECT = {
 
 /** A client's prepared statement in transaction mode. */
 interface ClientStatement {
+  /** The pooler-wide name of this text and these parameter types; {@link globalName} is its version. */
+  base: string;
   globalName: string;
   query: string;
   parameterTypes: Buffer;
@@ -119,8 +131,11 @@ export interface PoolKey {
   parameters: Record<string, string>;
 }
 
-/** Startup parameters passed on to Postgres (others are the gateway's or meaningless behind a pooler). */
-const FORWARDED_PARAMETERS = ['client_encoding', 'datestyle', 'timezone', 'intervalstyle', 'extra_float_digits', 'search_path'];
+/**
+ * Startup parameters the gateway answers itself: every other one goes on to Postgres as the client sent it, so that
+ * Postgres accepts or refuses it with its own error (`options` goes on without the gateway's `endpoint=`).
+ */
+const GATEWAY_PARAMETERS = new Set(['user', 'database', 'options', 'replication']);
 
 let nextClientId = 1n;
 
@@ -160,6 +175,10 @@ export class ClientSession {
   private readonly onServerData = (chunk: Buffer) => this.serverData(chunk);
   /** Postgres' notice that a commit's synchronous-replication wait was cut short, once seen: the session ends. */
   private commitUnacknowledged: string | null = null;
+  /** Transaction mode: Postgres is in copy-in mode and the client has not ended the copy yet. */
+  private copyIn = false;
+  /** The server connection sent a FATAL: it ends the session, and the client has Postgres' own reason. */
+  private serverEndedSession = false;
 
   constructor(
     private readonly socket: Socket,
@@ -292,14 +311,12 @@ export class ClientSession {
       const route = await routing.runningRoute(name.endpointId);
       this.context.admit(this, route);
       this.mode = name.pooled ? routing.poolerMode(route) : 'session';
+      // Every server connection of a pool is opened with the same startup parameters (they are the pool's key): in
+      // transaction mode each transaction of the client finds them applied, application_name included (none when the
+      // client sent none, as with Postgres).
       const forwarded: Record<string, string> = {};
-      for (const parameter of FORWARDED_PARAMETERS) {
-        const value = parameters.get(parameter);
-        if (value !== undefined) forwarded[parameter] = value;
-      }
+      for (const [parameter, value] of parameters) if (!GATEWAY_PARAMETERS.has(parameter)) forwarded[parameter] = value;
       if (options) forwarded.options = options;
-      // In session mode the client's own application name reaches Postgres; pooled connections are the gateway's.
-      forwarded.application_name = this.mode === 'session' && this.applicationName ? this.applicationName : 'spg99-gateway';
       this.pool = this.context.pool({ endpointId: name.endpointId, database: this.database, role: this.role, mode: this.mode, parameters: forwarded }, route, credentials);
       this.state = 'waiting';
       try {
@@ -353,6 +370,12 @@ export class ClientSession {
    */
   private serverConnectFailure(error: ServerConnectError, hint = 'Try again in a moment; if it keeps failing, report the trace id.'): Buffer {
     if (error.sqlState && !error.unreachable) {
+      const fields = error.fields;
+      // Postgres' own refusal of what the client asked for (a startup parameter, a database): its own words, as a
+      // direct connection would get them. An authentication failure here is the gateway's, not the client's.
+      if (fields && !error.sqlState.startsWith('28')) {
+        return errorResponse({ code: error.sqlState, message: error.message, detail: fields.get('D'), hint: fields.get('H') });
+      }
       return errorResponse({ code: error.sqlState, message: `the endpoint's database refused the connection: ${error.message}`, hint });
     }
     this.context.log.warn({ traceId: this.traceId, clientId: String(this.clientId), endpointId: this.endpoint?.endpointId, reason: error.message }, 'cannot open a server connection for a client');
@@ -372,7 +395,7 @@ export class ClientSession {
       // Notices are looked at in both modes: one may say that a commit was not acknowledged by a quorum.
       transaction
         ? (type) => type !== MessageType.dataRow && type !== MessageType.copyData
-        : (type) => type === MessageType.readyForQuery || type === MessageType.noticeResponse,
+        : (type) => type === MessageType.readyForQuery || type === MessageType.noticeResponse || type === MessageType.errorResponse,
       1 << 30,
       'server',
     );
@@ -417,6 +440,7 @@ export class ClientSession {
       if (this.mode === 'session') {
         // A Query, Sync or FunctionCall is answered by a ReadyForQuery: until then the server connection is busy.
         this.awaitingReady += 1;
+        if (type === MessageType.query) this.noteSchemaChange(readQuery(msg));
         this.toServer.push(msg);
         return;
       }
@@ -522,9 +546,12 @@ export class ClientSession {
     const server = this.server!;
     switch (type) {
       case MessageType.query: {
-        if (changesSession(readQuery(msg))) server.dirty = true;
+        const sql = readQuery(msg);
+        this.noteSchemaChange(sql);
+        const refusal = poolerRefusal(sql);
+        if (changesSession(sql)) server.dirty = true;
         this.expect(EXPECT.query);
-        this.toServer.push(msg);
+        this.toServer.push(refusal ? simpleQuery(refusalStatement(refusal)) : msg);
         return;
       }
       case MessageType.functionCall:
@@ -532,18 +559,25 @@ export class ClientSession {
         this.toServer.push(msg);
         return;
       case MessageType.parse: {
-        const { name, query, parameterTypes } = readParse(msg);
+        const parsed = readParse(msg);
+        const { name, parameterTypes } = parsed;
+        const refusal = poolerRefusal(parsed.query);
+        const query = refusal ? refusalStatement(refusal) : parsed.query;
+        this.noteSchemaChange(query);
         if (changesSession(query)) server.dirty = true;
         if (name === '') {
           this.expect(EXPECT.parse);
-          this.toServer.push(msg);
+          this.toServer.push(refusal ? parseMessage('', query, parameterTypes) : msg);
           return;
         }
-        const globalName = statementName(query, parameterTypes);
-        this.statements.set(name, { globalName, query, parameterTypes: Buffer.from(parameterTypes) });
+        const base = statementName(query, parameterTypes);
+        const globalName = this.pool!.statementVersion(base);
+        const statement = { base, globalName, query, parameterTypes: Buffer.from(parameterTypes) };
+        this.statements.set(name, statement);
         if (server.prepared.has(globalName)) {
           this.expect(expected('parse', { synthetic: PARSE_COMPLETE }));
         } else {
+          this.closeOtherVersion(server, statement);
           server.prepared.add(globalName);
           this.expect(expected('parse', { statement: globalName }));
           this.toServer.push(parseMessage(globalName, query, parameterTypes));
@@ -555,7 +589,7 @@ export class ClientSession {
         const known = statement === '' ? undefined : this.statements.get(statement);
         // The injected Parse is answered first: its expectation goes first.
         if (known) this.ensurePrepared(server, known);
-        this.expect(EXPECT.bind);
+        this.expect(known ? expected('bind', { uses: { name: known.globalName, base: known.base } }) : EXPECT.bind);
         if (!known) {
           this.toServer.push(msg);
           return;
@@ -567,7 +601,7 @@ export class ClientSession {
         const { target, name } = readTarget(msg);
         const known = target === 'S' && name !== '' ? this.statements.get(name) : undefined;
         if (known) this.ensurePrepared(server, known);
-        this.expect(EXPECT.describe);
+        this.expect(known ? expected('describe', { uses: { name: known.globalName, base: known.base } }) : EXPECT.describe);
         if (!known) {
           this.toServer.push(msg);
           return;
@@ -592,7 +626,16 @@ export class ClientSession {
         this.toServer.push(msg);
         return;
       case MessageType.sync:
-        this.expect(EXPECT.sync);
+        // Postgres ignores a Sync in copy-in mode: no ReadyForQuery will answer it.
+        if (!this.copyIn) this.expect(EXPECT.sync);
+        this.toServer.push(msg);
+        return;
+      case MessageType.copyDone:
+      case MessageType.copyFail:
+        // Before the server's CopyInResponse arrived, the gateway cannot tell which Syncs Postgres will ignore: it
+        // marks where the copy ended (see the CopyInResponse in answer()).
+        if (this.copyIn) this.copyIn = false;
+        else this.expected.push(EXPECT_COPY_END);
         this.toServer.push(msg);
         return;
       default:
@@ -604,9 +647,28 @@ export class ClientSession {
   /** Sends the statement's Parse to a server connection that lacks it; its ParseComplete is swallowed. */
   private ensurePrepared(server: ServerConnection, statement: ClientStatement): void {
     if (server.prepared.has(statement.globalName)) return;
+    this.closeOtherVersion(server, statement);
     server.prepared.add(statement.globalName);
     this.expect(expected('parse', { swallow: true, statement: statement.globalName }));
     this.toServer.push(parseMessage(statement.globalName, statement.query, statement.parameterTypes));
+  }
+
+  /** Counts a statement that may change a table's shape (for every pool of the endpoint). */
+  private noteSchemaChange(sql: string): void {
+    if (this.pool && SCHEMA_CHANGING_STATEMENT.test(sql)) this.pool.noteSchemaChange();
+  }
+
+  /**
+   * Closes the version of the statement's text the server connection holds when it is not the one about to be parsed
+   * (a stale one, or another client's older one): each connection keeps one version per text, so versions never pile up.
+   */
+  private closeOtherVersion(server: ServerConnection, statement: ClientStatement): void {
+    const held = server.preparedVersions.get(statement.base);
+    server.preparedVersions.set(statement.base, statement.globalName);
+    if (held === undefined || held === statement.globalName || !server.prepared.has(held)) return;
+    server.prepared.delete(held);
+    this.expect(expected('close', { swallow: true, statement: held }));
+    this.toServer.push(targetMessage(MessageType.close, 'S', held));
   }
 
   private expect(entry: Expected): void {
@@ -649,6 +711,7 @@ export class ClientSession {
         this.commitUnacknowledged = parseErrorFields(msg).get('M') ?? 'canceling wait for synchronous replication';
         return;
       }
+      if (type === MessageType.errorResponse && isFatal(msg)) this.serverEndedSession = true;
       if (this.mode === 'session') {
         if (type === MessageType.readyForQuery && this.server) {
           this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
@@ -668,16 +731,43 @@ export class ClientSession {
       case MessageType.readyForQuery:
         if (this.server) this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
         if (head && (head.kind === 'sync' || head.kind === 'query')) this.expected.shift();
+        // A CopyDone or CopyFail sent after a COPY had already failed marks nothing.
+        while (this.expected[0]?.kind === 'copyEnd') this.expected.shift();
+        this.copyIn = false;
         this.toClient.push(msg);
         break;
+      case MessageType.copyInResponse: {
+        // Postgres is in copy-in mode until the client's CopyDone or CopyFail, and ignores Syncs until then: those
+        // the client already sent (pipelined after its Execute) get no ReadyForQuery, so they are not expected.
+        let ended = false;
+        for (let index = 1; index < this.expected.length; index++) {
+          const kind = this.expected[index]!.kind;
+          if (kind === 'copyEnd') {
+            this.expected.splice(index, 1);
+            ended = true;
+            break;
+          }
+          if (kind === 'sync') this.expected.splice(index--, 1);
+        }
+        this.copyIn = !ended;
+        this.toClient.push(msg);
+        break;
+      }
       case MessageType.errorResponse:
         if (head && head.kind !== 'query') {
           this.expected.shift();
-          if (head.statement) this.server?.prepared.delete(head.statement);
+          if (head.statement && head.kind !== 'close') this.server?.prepared.delete(head.statement);
+          // A shared statement failing at Bind or Describe may be stale (its plan's result or parameter types changed
+          // with the table): the client's next Parse of it gets a fresh version, as a re-prepare does in Postgres.
+          if (head.uses) this.pool?.markStale(head.uses.base, head.uses.name);
           // Postgres skips everything up to the Sync: so are their answers (the gateway's own included).
           while (this.expected.length > 0 && this.expected[0].kind !== 'sync') {
             const skipped = this.expected.shift()!;
-            if (skipped.statement && !skipped.synthetic) this.server?.prepared.delete(skipped.statement);
+            // A skipped Parse created nothing; a skipped Close of an old version closed nothing.
+            if (skipped.statement && !skipped.synthetic) {
+              if (skipped.kind === 'close') this.server?.prepared.add(skipped.statement);
+              else this.server?.prepared.delete(skipped.statement);
+            }
           }
         }
         this.toClient.push(msg);
@@ -689,7 +779,7 @@ export class ClientSession {
       case MessageType.bindComplete:
       case MessageType.closeComplete:
         if (head && (head.kind === 'bind' || head.kind === 'close')) this.expected.shift();
-        this.toClient.push(msg);
+        if (!head?.swallow) this.toClient.push(msg);
         break;
       case MessageType.noData:
       case MessageType.rowDescription:
@@ -787,6 +877,13 @@ export class ClientSession {
   serverLost(): void {
     if (this.closed || !this.server) return;
     this.detach();
+    // Postgres said why itself (a FATAL such as 57P01, terminating connection due to administrator command): that one
+    // error is the client's, as on a direct connection.
+    if (this.serverEndedSession) {
+      this.socket.end();
+      this.close();
+      return;
+    }
     this.socket.end(errorResponse({ code: '08006', message: 'the connection to the database was lost (the compute stopped or restarted); reconnect' }));
     this.close();
   }
@@ -829,6 +926,12 @@ export function isSyncRepCancelNotice(msg: Buffer): boolean {
   if (code === '01000' && text.startsWith('canceling wait for synchronous replication')) return true;
   if (code === '57P01' && text.startsWith('canceling the wait for synchronous replication')) return true;
   return (code === '01000' || code === '57P01') && (fields.get('D') ?? '').startsWith('The transaction has already committed locally');
+}
+
+/** Whether an ErrorResponse is FATAL or PANIC (Postgres closes the connection after it). */
+function isFatal(msg: Buffer): boolean {
+  const severity = parseErrorFields(msg).get('V');
+  return severity === 'FATAL' || severity === 'PANIC';
 }
 
 /**
