@@ -44,7 +44,7 @@ import {
   simpleQuery,
   targetMessage,
 } from './protocol.js';
-import { poolerRefusal, refusalStatement } from './pooler-contract.js';
+import { poolerRefusal, refusalStatement, type PoolerRefusal } from './pooler-contract.js';
 import { endpointOf, RoutingError, type EndpointName, type Routing } from './routing.js';
 import { ServerConnectError, type ServerConnection } from './server-connection.js';
 
@@ -76,12 +76,20 @@ interface Expected {
   readonly statement: string | null;
   /** The pooler-wide statement a Bind or Describe uses (found stale when it fails), with its base name. */
   readonly uses: { name: string; base: string } | null;
+  /** A Parse the pooler refuses (sent as one that fails, so Postgres skips to the Sync): its error is replaced. */
+  readonly refusal: PoolerRefusal | null;
 }
 
 /** An expected answer; entries are never changed, so the plain ones are shared (one shape for all: fast lookups). */
-function expected(kind: Expected['kind'], extra: { synthetic?: Buffer; swallow?: boolean; statement?: string; uses?: { name: string; base: string } } = {}): Expected {
-  return { kind, synthetic: extra.synthetic ?? null, swallow: extra.swallow ?? false, statement: extra.statement ?? null, uses: extra.uses ?? null };
+function expected(
+  kind: Expected['kind'],
+  extra: { synthetic?: Buffer; swallow?: boolean; statement?: string; uses?: { name: string; base: string }; refusal?: PoolerRefusal | null } = {},
+): Expected {
+  return { kind, synthetic: extra.synthetic ?? null, swallow: extra.swallow ?? false, statement: extra.statement ?? null, uses: extra.uses ?? null, refusal: extra.refusal ?? null };
 }
+
+/** What a refused Parse is sent as: a syntax error, so that Postgres fails it and skips to the Sync as for any error. */
+const REFUSED_PARSE = 'SPG99 POOLER REFUSAL';
 
 const EXPECT_COPY_END = expected('copyEnd', { swallow: true });
 
@@ -102,6 +110,7 @@ interface ClientStatement {
   globalName: string;
   query: string;
   parameterTypes: Buffer;
+  refusal: PoolerRefusal | null;
 }
 
 /** What a session needs from the gateway around it. */
@@ -562,24 +571,24 @@ export class ClientSession {
         const parsed = readParse(msg);
         const { name, parameterTypes } = parsed;
         const refusal = poolerRefusal(parsed.query);
-        const query = refusal ? refusalStatement(refusal) : parsed.query;
+        const query = refusal ? REFUSED_PARSE : parsed.query;
         this.noteSchemaChange(query);
         if (changesSession(query)) server.dirty = true;
         if (name === '') {
-          this.expect(EXPECT.parse);
+          this.expect(refusal ? expected('parse', { refusal }) : EXPECT.parse);
           this.toServer.push(refusal ? parseMessage('', query, parameterTypes) : msg);
           return;
         }
         const base = statementName(query, parameterTypes);
         const globalName = this.pool!.statementVersion(base);
-        const statement = { base, globalName, query, parameterTypes: Buffer.from(parameterTypes) };
+        const statement = { base, globalName, query, parameterTypes: Buffer.from(parameterTypes), refusal };
         this.statements.set(name, statement);
         if (server.prepared.has(globalName)) {
           this.expect(expected('parse', { synthetic: PARSE_COMPLETE }));
         } else {
           this.closeOtherVersion(server, statement);
           server.prepared.add(globalName);
-          this.expect(expected('parse', { statement: globalName }));
+          this.expect(expected('parse', { statement: globalName, refusal }));
           this.toServer.push(parseMessage(globalName, query, parameterTypes));
         }
         return;
@@ -649,7 +658,7 @@ export class ClientSession {
     if (server.prepared.has(statement.globalName)) return;
     this.closeOtherVersion(server, statement);
     server.prepared.add(statement.globalName);
-    this.expect(expected('parse', { swallow: true, statement: statement.globalName }));
+    this.expect(expected('parse', { swallow: true, statement: statement.globalName, refusal: statement.refusal }));
     this.toServer.push(parseMessage(statement.globalName, statement.query, statement.parameterTypes));
   }
 
@@ -754,6 +763,7 @@ export class ClientSession {
         break;
       }
       case MessageType.errorResponse:
+        if (head?.refusal) msg = errorResponse({ severity: 'ERROR', code: '0A000', message: head.refusal.message, hint: head.refusal.hint });
         if (head && head.kind !== 'query') {
           this.expected.shift();
           if (head.statement && head.kind !== 'close') this.server?.prepared.delete(head.statement);

@@ -96,7 +96,7 @@ describe('the gateway is invisible to clients: direct, session mode and the pool
 
   before(async () => {
     harness = new Harness();
-    setup = await startGatewayPlatform(harness, { poolerMode: PoolerMode.POOLER_MODE_TRANSACTION });
+    setup = await startGatewayPlatform(harness, { poolerMode: PoolerMode.POOLER_MODE_TRANSACTION, gatewayArgs: ['--wake-timeout-s', '240'] });
     // Waking the endpoint through the gateway gives the compute's address for the direct connections.
     const first = await setup.gateway.connect(setup.endpointId, setup.owner);
     await first.end();
