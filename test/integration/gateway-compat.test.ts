@@ -280,7 +280,8 @@ describe('the gateway is invisible to clients: direct, session mode and the pool
     await pooled.query('ROLLBACK');
     // What works in the pooler instead: transaction-scoped locks, cursors and temporary tables.
     await pooled.query('BEGIN');
-    await pooled.query('SELECT pg_advisory_xact_lock(42)');
+    // Another key than the session-mode client's, which still holds its session lock on 42.
+    await pooled.query('SELECT pg_advisory_xact_lock(43)');
     await pooled.query('DECLARE plain CURSOR FOR SELECT generate_series(1, 3) AS n');
     expect((await pooled.query('FETCH ALL FROM plain')).rows).to.have.length(3);
     await pooled.query('CREATE TEMP TABLE scratch (id int) ON COMMIT DROP');
