@@ -18,6 +18,7 @@ import { authMiddleware, catalogAvailabilityMiddleware } from '../src/control-pl
 import { readOperatorToken } from '../src/control-plane/secrets.js';
 import { controlPlaneService } from '../src/control-plane/service.js';
 import { controlPlaneInternalService } from '../src/control-plane/internal-service.js';
+import { mockSaltSecretOf } from '../src/control-plane/scram-logins.js';
 import { WriterLeases } from '../src/control-plane/leases.js';
 import { ControlPlaneInternalServiceDefinition, ControlPlaneServiceDefinition } from '../gen/spg99/controlplane/v1/controlplane.js';
 import { TimelineServiceDefinition } from '../gen/spg99/pageserver/v1/pageserver.js';
@@ -139,6 +140,7 @@ await runComponent('control-plane', spec, async (config) => {
       lifecycle,
       // A compute's lease renewal also renews its credential (scoped to its timeline, endpoint and compute).
       issueComputeCredential: (scope) => issueComputeToken({ role: 'control-plane', key: signingKey }, scope),
+      scramMockSaltSecret: mockSaltSecretOf(signingKey),
     }),
   );
   const running = await publicServer.listen(config.listen, ['spg99.controlplane.v1.ControlPlaneService']);

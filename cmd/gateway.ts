@@ -19,7 +19,7 @@ const spec = {
   listen: { kind: 'string', description: 'PostgreSQL address to listen on (host:port; port 0 picks a free one)', default: '127.0.0.1:5432' },
   adminListen: { kind: 'string', description: 'gRPC address of the admin API (host:port)', default: '127.0.0.1:7900' },
   metricsListen: { kind: 'string', description: 'host:port of the Prometheus endpoint', default: '127.0.0.1:0' },
-  controlPlane: { kind: 'string', description: 'host:port of the control plane\'s internal API (routes, wake-up, role verifiers)', default: '127.0.0.1:7700' },
+  controlPlane: { kind: 'string', description: 'host:port of the control plane\'s internal API (routes, wake-up, relayed SCRAM logins)', default: '127.0.0.1:7700' },
   domain: { kind: 'string', description: 'DNS domain of the endpoints: clients connect to ep-<id>.<domain>', default: 'localhost' },
   tlsCert: { kind: 'string', description: 'PEM file of the server certificate (for *.<domain>); empty: no TLS', default: '' },
   tlsKey: { kind: 'string', description: 'PEM file of its private key', default: '' },

@@ -1,9 +1,10 @@
 /**
  * ControlPlaneInternalService, for the platform's own components (agent, gateway, provisioner): writer leases
  * (src/control-plane/leases.ts keeps them in Redis, keyed by the endpoint's timeline), endpoint routing and wake-up,
- * role verifiers for the gateway, and the computes' activity and state reports that drive the lifecycle. Handoffs
+ * the gateway's relayed SCRAM logins (src/control-plane/scram-logins.ts; verifiers never leave), and the computes' activity and state reports that drive the lifecycle. Handoffs
  * come with the autoscaler and answer UNIMPLEMENTED until then.
  */
+import { randomBytes } from 'node:crypto';
 import type { ControlPlaneInternalServiceImplementation } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { aborted, invalidArgument, notFound, ServerError, Status } from '../lib/grpc/errors.js';
 import type { WriterLease as WriterLeaseMessage } from '../../gen/spg99/controlplane/v1/controlplane.js';
@@ -14,6 +15,7 @@ import type { ServerContextExtension } from '../lib/grpc/server.js';
 import { ComputeStateChange, PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { type EndpointLifecycle, requireLifecycle } from './lifecycle.js';
 import { endpointStateMessage, idArgument, type EndpointRecord } from './model.js';
+import { ScramLogins, ScramMessageError, ScramSessionUnknownError } from './scram-logins.js';
 
 function later(method: string, slice: string): () => Promise<never> {
   return async () => {
@@ -32,7 +34,12 @@ export interface InternalServiceOptions {
   lifecycle?: EndpointLifecycle | null;
   /** Issues a compute's credential, renewed with each lease renewal; absent: none is handed out. */
   issueComputeCredential?: (scope: { timelineId: string; endpointId: string; computeId: string }) => string;
+  /** The secret mock SCRAM salts of missing roles derive from (default: random per process). */
+  scramMockSaltSecret?: Buffer;
 }
+
+/** The longest SCRAM message relayed (a client-final-message is about 100 bytes; Postgres' own limit is far lower). */
+const MAX_SCRAM_MESSAGE = 1024;
 
 /** How long a WakeEndpoint waits for RUNNING when its caller set no deadline. */
 const WAKE_TIMEOUT_MS = 200_000;
@@ -67,6 +74,12 @@ export function controlPlaneInternalService(options: InternalServiceOptions): Co
     const endpoint = await catalog.getEndpoint(endpointId);
     if (!endpoint) throw notFound(`endpoint ${endpointId} does not exist`);
     return endpoint.branchId;
+  };
+  const scramLogins = new ScramLogins({ mockSaltSecret: options.scramMockSaltSecret ?? randomBytes(32) });
+  const scramMessage = (value: string, field: string): string => {
+    if (!value) throw invalidArgument(`${field} is required: the client's SCRAM message`);
+    if (value.length > MAX_SCRAM_MESSAGE) throw invalidArgument(`${field} is ${value.length} characters long: a SCRAM message has at most ${MAX_SCRAM_MESSAGE}`);
+    return value;
   };
   const lifecycleOrUnavailable = (method: string): EndpointLifecycle => requireLifecycle(options.lifecycle, method);
   const endpointOf = async (endpointId: string): Promise<EndpointRecord> => {
@@ -122,6 +135,33 @@ export function controlPlaneInternalService(options: InternalServiceOptions): Co
       const role = await catalog.roleByName(endpoint.branchId, request.roleName);
       if (!role) throw notFound(`endpoint ${endpoint.endpointId} has no role ${JSON.stringify(request.roleName.slice(0, 80))}`);
       return { scramVerifier: role.scramVerifier };
+    },
+    async beginScram(request) {
+      const endpoint = await endpointOf(request.endpointId);
+      if (!request.roleName) throw invalidArgument('role_name is required: the Postgres role the client connects as');
+      const clientFirst = scramMessage(request.clientFirstMessage, 'client_first_message');
+      // Role names longer than Postgres' are never roles: answered with a mock like any other missing role.
+      const role = request.roleName.length > 63 ? null : await catalog.roleByName(endpoint.branchId, request.roleName);
+      try {
+        const { sessionId, serverFirst } = scramLogins.begin(endpoint.endpointId, request.roleName, role?.scramVerifier ?? null, clientFirst);
+        return { sessionId, serverFirstMessage: serverFirst };
+      } catch (error) {
+        if (error instanceof ScramMessageError) throw invalidArgument(error.message);
+        throw error;
+      }
+    },
+    async finishScram(request) {
+      if (!request.sessionId) throw invalidArgument('session_id is required: the one BeginScram answered');
+      const clientFinal = scramMessage(request.clientFinalMessage, 'client_final_message');
+      try {
+        const outcome = scramLogins.finish(request.sessionId, clientFinal);
+        if (!outcome.verified) return { verified: false, serverFinalMessage: '', clientKey: Buffer.alloc(0), serverKey: Buffer.alloc(0) };
+        return { verified: true, serverFinalMessage: outcome.serverFinal, clientKey: outcome.clientKey, serverKey: outcome.serverKey };
+      } catch (error) {
+        if (error instanceof ScramMessageError) throw invalidArgument(error.message);
+        if (error instanceof ScramSessionUnknownError) throw notFound(error.message);
+        throw error;
+      }
     },
     async reportComputeActivity(request) {
       const endpoint = await endpointOf(request.endpointId);

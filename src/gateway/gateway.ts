@@ -4,7 +4,6 @@
  * client's server name (SNI) for routing, plaintext only when allowed, limits on clients, the pools of server
  * connections, and the operations of the admin API (pause, resume, switch backend, list).
  */
-import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { Duplex } from 'node:stream';
@@ -78,11 +77,6 @@ export interface GatewayOptions {
    * descriptors per address, and a flood from one address cannot starve the others.
    */
   maxUnfinishedPerAddress?: number;
-  /**
-   * The secret the mock SCRAM salt of a role that does not exist is derived from (default: from the TLS key, so it is
-   * the same across restarts and replicas; random per process without TLS).
-   */
-  mockSaltSecret?: Buffer;
   /** Failed logins of one credential (and address) before its answers are delayed, and the longest delay. */
   authFailuresBeforeDelay?: number;
   maxAuthDelayMs?: number;
@@ -118,7 +112,6 @@ export class Gateway {
     this.routing = new Routing({
       controlPlane: options.controlPlane,
       wakeTimeoutMs: options.wakeTimeoutMs ?? 60_000,
-      mockSaltSecret: options.mockSaltSecret ?? mockSaltSecretOf(options.tls?.key),
       authFailuresBeforeDelay: options.authFailuresBeforeDelay,
       maxAuthDelayMs: options.maxAuthDelayMs,
     });
@@ -232,7 +225,7 @@ export class Gateway {
         closeWith(socket, errorResponse({ code: error.code, message: error.message }));
       } else if (error instanceof ProtocolError || error instanceof RoutingError) {
         connectionsTotal.inc({ kind: 'refused' });
-        closeWith(socket, errorResponse({ code: error.code, message: error.message, hint: error instanceof RoutingError ? error.hint : undefined }));
+        closeWith(socket, errorResponse({ code: error.code, message: error.message, detail: error instanceof ProtocolError ? error.detail : undefined, hint: error instanceof RoutingError ? error.hint : undefined }));
       } else {
         this.options.log.debug({ err: error, remote }, 'a connection ended before its startup');
         socket.destroy();
@@ -266,14 +259,22 @@ export class Gateway {
         const name = packet.kind === 'ssl' ? 'SSLRequest' : 'GSSENCRequest';
         if (asked.has(packet.kind)) throw new ProtocolError(`a second ${name} on one connection: refused (send the startup packet after the answer)`);
         asked.add(packet.kind);
-        if (first.leftover.length > 0) throw new ProtocolError('data after the encryption request, before the answer: refused');
-        if (packet.kind === 'ssl' && this.secureContext) {
-          socket.write('S');
+        // As PostgreSQL 18 (the fix of CVE-2021-23214): the answer first, then bytes that came with the request are
+        // refused, unencrypted, since a man in the middle may have put them there.
+        const early = first.leftover.length > 0;
+        const answer = packet.kind === 'ssl' && this.secureContext ? 'S' : 'N';
+        socket.write(answer);
+        if (early) {
+          throw new ProtocolError(
+            `received unencrypted data after ${packet.kind === 'ssl' ? 'SSL' : 'GSSAPI encryption'} request`,
+            '08P01',
+            'This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.',
+          );
+        }
+        if (answer === 'S') {
           ({ socket, serverName } = await this.upgrade(socket, left()));
           current.socket = socket;
           secure = true;
-        } else {
-          socket.write('N');
         }
         first = await readFirstPacket(socket, left());
         continue;
@@ -466,11 +467,6 @@ function closeWith(socket: net.Socket, response: Buffer): void {
   if (socket.destroyed) return;
   socket.end(response);
   setTimeout(() => socket.destroy(), 1_000).unref();
-}
-
-/** The mock-salt secret derived from the TLS key (stable across restarts and replicas), or random without one. */
-function mockSaltSecretOf(tlsKey: Buffer | undefined): Buffer {
-  return tlsKey ? createHash('sha256').update('spg99 gateway mock SCRAM salt\0').update(tlsKey).digest() : randomBytes(32);
 }
 
 /** The client keys each pool opens its connections with (kept apart from the pool: they are secrets). */

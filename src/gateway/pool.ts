@@ -44,6 +44,12 @@ interface Waiter {
 
 /** The pause of an endpoint: new work waits until it is resumed. */
 export class EndpointGate {
+  /**
+   * Statements seen through any pool of the endpoint that may change a table's shape (ALTER, CREATE, DROP): a prepared
+   * statement parsed after one gets a new pooler-wide version, so it is planned afresh as in Postgres.
+   */
+  schemaChanges = 0;
+
   paused = false;
   reason = '';
   pausedAt = 0;
@@ -88,6 +94,32 @@ export interface PoolOptions {
 }
 
 export class Pool {
+  /**
+   * Per pooler-wide statement (its base name), how many times it was found stale (an error at Bind or Describe, e.g.
+   * "cached plan must not change result type" after ALTER TABLE): a client that prepares it again gets a new version,
+   * parsed afresh on each server connection, as a re-prepare does in Postgres.
+   */
+  private readonly statementVersions = new Map<string, number>();
+
+  /** The current name of the statement whose base name is `base`. */
+  statementVersion(base: string): string {
+    const stale = this.statementVersions.get(base) ?? 0;
+    const epoch = this.options.gate.schemaChanges;
+    return stale === 0 && epoch === 0 ? base : `${base}_${epoch}_${stale}`;
+  }
+
+  /** A statement that may change a table's shape ran through this pool. */
+  noteSchemaChange(): void {
+    this.options.gate.schemaChanges += 1;
+  }
+
+  /** The statement `name` (some version of `base`) failed at Bind or Describe: the next Parse gets a new version. */
+  markStale(base: string, name: string): void {
+    if (this.statementVersion(base) !== name) return;
+    if (this.statementVersions.size > 10_000) this.statementVersions.clear();
+    this.statementVersions.set(base, (this.statementVersions.get(base) ?? 0) + 1);
+  }
+
   private readonly idle: ServerConnection[] = [];
   private readonly busy = new Set<ServerConnection>();
   private opening = 0;
@@ -195,6 +227,7 @@ export class Pool {
         .then(() => {
           connection.dirty = false;
           connection.prepared.clear();
+          connection.preparedVersions.clear();
           this.handOn(connection);
         })
         .catch((error: unknown) => {

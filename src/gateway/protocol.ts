@@ -66,6 +66,7 @@ export class ProtocolError extends Error {
     message: string,
     /** The SQLSTATE to answer with (08P01 protocol_violation unless said otherwise). */
     readonly code = '08P01',
+    readonly detail?: string,
   ) {
     super(message);
   }

@@ -1,14 +1,14 @@
 /**
- * How the gateway finds an endpoint and its users: the endpoint named by the client (SNI `ep-<id>[-pooler].<domain>`
- * or `options=endpoint=ep-<id>[-pooler]`), its route and role verifiers from the control plane (cached for the time
- * the control plane allows), wake-on-connect, mock verifiers of roles that do not exist, and the delays that slow
- * password guessing.
+ * How the gateway finds an endpoint and logs its users in: the endpoint named by the client (SNI
+ * `ep-<id>[-pooler].<domain>` or `options=endpoint=ep-<id>[-pooler]`), its route from the control plane (cached for
+ * the time the control plane allows), wake-on-connect, the client's SCRAM messages relayed to the control plane
+ * (which holds the verifiers and checks the proof: the gateway never sees a verifier, and nothing about a role is
+ * cached, so a reset password counts at once), and the delays that slow password guessing.
  */
 import { ControlPlaneInternalServiceDefinition, EndpointState, PoolerMode, type EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import type { SpgClient } from '../lib/grpc/client.js';
-import { createHmac, randomBytes } from 'node:crypto';
 import { ClientError, Status } from '../lib/grpc/errors.js';
-import { DEFAULT_SALT_LENGTH, DEFAULT_SCRAM_ITERATIONS, type ScramVerifier } from '../lib/scram.js';
+import { ScramProtocolError } from '../lib/scram.js';
 
 /** An endpoint id as clients write it: `ep-` and 32 lowercase hex digits. */
 const ENDPOINT_ID = /^ep-[0-9a-f]{32}$/;
@@ -91,8 +91,6 @@ export interface RoutingOptions {
   controlPlane: SpgClient<typeof ControlPlaneInternalServiceDefinition>;
   /** How long a client waits for a stopped endpoint to start. */
   wakeTimeoutMs: number;
-  /** How long a role's verifier is trusted (a reset password reaches the gateway within it). */
-  verifierTtlMs?: number;
   /**
    * Failed logins of one credential (endpoint and role) from one address within {@link failureWindowMs} before the
    * answers to its proofs are delayed (default 5; from all addresses together, four times as many).
@@ -101,8 +99,6 @@ export interface RoutingOptions {
   /** The longest delay of an answer to a proof (default 5 s). */
   maxAuthDelayMs?: number;
   failureWindowMs?: number;
-  /** The secret the mock salts of roles that do not exist are derived from (default: random per process). */
-  mockSaltSecret?: Buffer;
   now?: () => number;
 }
 
@@ -110,47 +106,44 @@ export interface RoutingOptions {
 export class Routing {
   private readonly routes = new Map<string, CachedRoute>();
   private readonly wakes = new Map<string, Promise<EndpointRoute>>();
-  private readonly verifiers = new Map<string, { verifier: string | null; until: number }>();
   private readonly failures = new Map<string, number[]>();
   private readonly now: () => number;
-  private readonly mockSaltSecret: Buffer;
 
   constructor(private readonly options: RoutingOptions) {
     this.now = options.now ?? Date.now;
-    this.mockSaltSecret = options.mockSaltSecret ?? randomBytes(32);
   }
 
   /**
-   * The verifier a role that does not exist is challenged with: the salt derived from the endpoint and role with the
-   * gateway's secret (the same at every attempt, as PostgreSQL's scram_mock_salt), the iteration count of real
-   * verifiers, and keys no proof can match. So the server-first-message does not tell whether the role exists.
+   * Relays a client's client-first-message to the control plane; answers the server-first-message for the client and
+   * the exchange's id. A role that does not exist gets an answer like any other (a stable mock salt). RoutingError for
+   * an unknown endpoint or an unreachable control plane; ScramProtocolError for a malformed message.
    */
-  mockVerifier(endpointId: string, roleName: string): ScramVerifier {
-    const salt = createHmac('sha256', this.mockSaltSecret).update(`${endpointId}\0${roleName}`).digest().subarray(0, DEFAULT_SALT_LENGTH);
-    return { iterations: DEFAULT_SCRAM_ITERATIONS, salt, storedKey: randomBytes(32), serverKey: randomBytes(32) };
-  }
-
-  /** The role's SCRAM verifier, or null when the endpoint has no such role. RoutingError for an unknown endpoint. */
-  async verifier(endpointId: string, roleName: string): Promise<string | null> {
-    const key = `${endpointId}\0${roleName}`;
-    const cached = this.verifiers.get(key);
-    if (cached && cached.until > this.now()) return cached.verifier;
-    let verifier: string | null;
+  async beginScram(endpointId: string, roleName: string, clientFirst: string): Promise<{ sessionId: string; serverFirst: string }> {
     try {
-      verifier = (await this.options.controlPlane.getRoleVerifier({ endpointId, roleName }, { deadline: new Date(Date.now() + 10_000) })).scramVerifier;
+      const answer = await this.options.controlPlane.beginScram({ endpointId, roleName, clientFirstMessage: clientFirst }, { deadline: new Date(Date.now() + 10_000) });
+      return { sessionId: answer.sessionId, serverFirst: answer.serverFirstMessage };
     } catch (error) {
       if (error instanceof ClientError && error.code === Status.NOT_FOUND) {
-        if (error.details.includes('has no role')) verifier = null;
-        else throw new RoutingError(`endpoint ${endpointId} does not exist`, '08001', 'Check the endpoint id (spg99 endpoints list --project pj-…).');
-      } else throw unavailable(error);
+        throw new RoutingError(`endpoint ${endpointId} does not exist`, '08001', 'Check the endpoint id (spg99 endpoints list --project pj-…).');
+      }
+      if (error instanceof ClientError && error.code === Status.INVALID_ARGUMENT) throw new ScramProtocolError(scramDetail(error.details));
+      throw unavailable(error);
     }
-    this.verifiers.set(key, { verifier, until: this.now() + (this.options.verifierTtlMs ?? 10_000) });
-    return verifier;
   }
 
-  /** Forgets a role's verifier (after a failed login, so that a just-reset password is seen at the next try). */
-  forgetVerifier(endpointId: string, roleName: string): void {
-    this.verifiers.delete(`${endpointId}\0${roleName}`);
+  /**
+   * Relays the client-final-message; the control plane checks the proof. Null when it does not verify (wrong password
+   * or no such role: the same answer); else the server-final-message and the keys to log in to the compute with.
+   */
+  async finishScram(sessionId: string, clientFinal: string): Promise<{ serverFinal: string; clientKey: Buffer; serverKey: Buffer } | null> {
+    try {
+      const answer = await this.options.controlPlane.finishScram({ sessionId, clientFinalMessage: clientFinal }, { deadline: new Date(Date.now() + 10_000) });
+      if (!answer.verified) return null;
+      return { serverFinal: answer.serverFinalMessage, clientKey: Buffer.from(answer.clientKey), serverKey: Buffer.from(answer.serverKey) };
+    } catch (error) {
+      if (error instanceof ClientError && error.code === Status.INVALID_ARGUMENT) throw new ScramProtocolError(scramDetail(error.details));
+      throw unavailable(error);
+    }
   }
 
   /** The endpoint's route when RUNNING, waking it when it is not (within the wake timeout). */
@@ -276,6 +269,12 @@ function addressKey(client: string, endpointId: string, roleName: string): strin
 
 function credentialKey(endpointId: string, roleName: string): string {
   return `c\0${endpointId}\0${roleName}`;
+}
+
+/** The control plane's words about a malformed SCRAM message, without its method path. */
+function scramDetail(details: string): string {
+  const text = details.replace(/^\/?[\w.]+\/\w+:\s*/, '');
+  return text.startsWith('SCRAM') ? text.slice(0, 300) : `SCRAM: ${text.slice(0, 300)}`;
 }
 
 function unavailable(error: unknown): RoutingError {

@@ -28,6 +28,8 @@ export class ServerConnectError extends Error {
     readonly sqlState?: string,
     /** True when nothing listened or the connection broke: the address may be stale. */
     readonly unreachable = false,
+    /** Postgres' own ErrorResponse fields (by their one-letter codes), when it answered one. */
+    readonly fields?: ReadonlyMap<string, string>,
   ) {
     super(message);
   }
@@ -67,6 +69,8 @@ export class ServerConnection {
   transactionStatus: 'I' | 'T' | 'E' = 'I';
   /** Names of the pooler's prepared statements this connection holds. */
   readonly prepared = new Set<string>();
+  /** Per statement text (its base name), the version this connection holds (older ones are closed when replaced). */
+  readonly preparedVersions = new Map<string, string>();
   /** Session state may have been changed (SET, PREPARE, LISTEN...): reset before another client gets it. */
   dirty = false;
   /** Set once the socket failed or closed: never reused. */
@@ -201,7 +205,7 @@ export class ServerConnection {
             return;
           case MessageType.errorResponse: {
             const fields = parseErrorFields(msg);
-            throw new ServerConnectError(fields.get('M') ?? 'the server refused the login', fields.get('C'));
+            throw new ServerConnectError(fields.get('M') ?? 'the server refused the login', fields.get('C'), false, fields);
           }
           case MessageType.readyForQuery:
             cleanup();

@@ -1,6 +1,6 @@
 /**
- * One client connection after its startup packet: authentication (SCRAM-SHA-256 against the role's verifier, before
- * anything wakes), wake-on-connect, the login answer, and then the proxying itself in one of two modes:
+ * One client connection after its startup packet: authentication (SCRAM-SHA-256, relayed to the control plane that
+ * holds the verifiers, before anything wakes), wake-on-connect, the login answer, and then the proxying itself in one of two modes:
  *
  * - **session**: the client owns one server connection until it leaves; bytes pass through untouched.
  * - **transaction**: a server connection is taken at the first message of a transaction and given back at the
@@ -16,7 +16,7 @@ import { createHash, randomInt } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { newTraceId, type Logger } from '../lib/log.js';
 import { counter, histogram } from '../lib/metrics.js';
-import { ScramAuthError, ScramProtocolError, ScramServerSession, parseVerifier } from '../lib/scram.js';
+import { ScramProtocolError } from '../lib/scram.js';
 import type { EndpointRoute } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { PoolTimeoutError, type Pool } from './pool.js';
 import {
@@ -41,8 +41,10 @@ import {
   readQuery,
   readTarget,
   readyForQuery,
+  simpleQuery,
   targetMessage,
 } from './protocol.js';
+import { poolerRefusal, refusalStatement, type PoolerRefusal } from './pooler-contract.js';
 import { endpointOf, RoutingError, type EndpointName, type Routing } from './routing.js';
 import { ServerConnectError, type ServerConnection } from './server-connection.js';
 
@@ -55,25 +57,41 @@ const transactionsTotal = counter('spg99_gateway_transactions_total', 'Transacti
 const SESSION_CHANGING_STATEMENT = /(^|;)\s*(set|reset|prepare|deallocate|listen|unlisten|declare|discard|load|create\s+(global\s+|local\s+)?temp(orary)?)\b/i;
 const SESSION_CHANGING_CALL = /\b(set_config|pg_advisory_lock|pg_advisory_lock_shared|pg_try_advisory_lock|pg_try_advisory_lock_shared)\s*\(/i;
 
+/** Statements that may change a table's shape, after which shared prepared statements are parsed afresh. */
+const SCHEMA_CHANGING_STATEMENT = /(^|;)\s*(alter|create|drop)\b/i;
+
 function changesSession(sql: string): boolean {
   return SESSION_CHANGING_STATEMENT.test(sql) || SESSION_CHANGING_CALL.test(sql);
 }
 
 /** What a forwarded message will be answered with, in order. */
 interface Expected {
-  readonly kind: 'parse' | 'bind' | 'close' | 'describe' | 'execute' | 'sync' | 'query';
+  /** `copyEnd`: no answer; marks where the client ended a COPY FROM STDIN (its CopyDone or CopyFail). */
+  readonly kind: 'parse' | 'bind' | 'close' | 'describe' | 'execute' | 'sync' | 'query' | 'copyEnd';
   /** An answer the gateway gives itself when everything before it is answered. */
   readonly synthetic: Buffer | null;
   /** The answer belongs to a message the gateway injected: the client never sees it. */
   readonly swallow: boolean;
   /** The pooler-wide statement a Parse creates (forgotten on the server connection if the Parse fails). */
   readonly statement: string | null;
+  /** The pooler-wide statement a Bind or Describe uses (found stale when it fails), with its base name. */
+  readonly uses: { name: string; base: string } | null;
+  /** A Parse the pooler refuses (sent as one that fails, so Postgres skips to the Sync): its error is replaced. */
+  readonly refusal: PoolerRefusal | null;
 }
 
 /** An expected answer; entries are never changed, so the plain ones are shared (one shape for all: fast lookups). */
-function expected(kind: Expected['kind'], extra: { synthetic?: Buffer; swallow?: boolean; statement?: string } = {}): Expected {
-  return { kind, synthetic: extra.synthetic ?? null, swallow: extra.swallow ?? false, statement: extra.statement ?? null };
+function expected(
+  kind: Expected['kind'],
+  extra: { synthetic?: Buffer; swallow?: boolean; statement?: string; uses?: { name: string; base: string }; refusal?: PoolerRefusal | null } = {},
+): Expected {
+  return { kind, synthetic: extra.synthetic ?? null, swallow: extra.swallow ?? false, statement: extra.statement ?? null, uses: extra.uses ?? null, refusal: extra.refusal ?? null };
 }
+
+/** What a refused Parse is sent as: a syntax error, so that Postgres fails it and skips to the Sync as for any error. */
+const REFUSED_PARSE = 'SPG99 POOLER REFUSAL';
+
+const EXPECT_COPY_END = expected('copyEnd', { swallow: true });
 
 const EXPECT = {
   query: expected('query'),
@@ -87,9 +105,12 @@ const EXPECT = {
 
 /** A client's prepared statement in transaction mode. */
 interface ClientStatement {
+  /** The pooler-wide name of this text and these parameter types; {@link globalName} is its version. */
+  base: string;
   globalName: string;
   query: string;
   parameterTypes: Buffer;
+  refusal: PoolerRefusal | null;
 }
 
 /** What a session needs from the gateway around it. */
@@ -119,8 +140,11 @@ export interface PoolKey {
   parameters: Record<string, string>;
 }
 
-/** Startup parameters passed on to Postgres (others are the gateway's or meaningless behind a pooler). */
-const FORWARDED_PARAMETERS = ['client_encoding', 'datestyle', 'timezone', 'intervalstyle', 'extra_float_digits', 'search_path'];
+/**
+ * Startup parameters the gateway answers itself: every other one goes on to Postgres as the client sent it, so that
+ * Postgres accepts or refuses it with its own error (`options` goes on without the gateway's `endpoint=`).
+ */
+const GATEWAY_PARAMETERS = new Set(['user', 'database', 'options', 'replication']);
 
 let nextClientId = 1n;
 
@@ -160,6 +184,10 @@ export class ClientSession {
   private readonly onServerData = (chunk: Buffer) => this.serverData(chunk);
   /** Postgres' notice that a commit's synchronous-replication wait was cut short, once seen: the session ends. */
   private commitUnacknowledged: string | null = null;
+  /** Transaction mode: Postgres is in copy-in mode and the client has not ended the copy yet. */
+  private copyIn = false;
+  /** The server connection sent a FATAL: it ends the session, and the client has Postgres' own reason. */
+  private serverEndedSession = false;
 
   constructor(
     private readonly socket: Socket,
@@ -223,11 +251,8 @@ export class ClientSession {
     this.context.admit(this, null);
     const address = this.remoteAddress.replace(/:\d+$/, '');
 
-    // Authentication before anything wakes: a wrong password costs the platform nothing. A role that does not exist
-    // gets a mock verifier (a stable salt), so the exchange looks the same as for one that does.
-    const verifierText = await routing.verifier(name.endpointId, user);
-    const verifier = verifierText === null ? routing.mockVerifier(name.endpointId, user) : parseVerifier(verifierText);
-    const scram = new ScramServerSession(verifier);
+    // Authentication before anything wakes: a wrong password costs the platform nothing. The control plane holds the
+    // verifiers and checks the proof; the gateway relays the messages and gets the keys only for a right proof.
     this.socket.write(authenticationSasl());
     const initial = await reader.next();
     if (initial[0] !== MessageType.password) throw new ProtocolError('expected a SASLInitialResponse');
@@ -241,7 +266,8 @@ export class ClientSession {
       throw new ProtocolError(`invalid SASLInitialResponse: its response length ${length} does not match the message`);
     }
     const clientFirst = initial.toString('utf8', mechanism.next + 4, mechanism.next + 4 + length);
-    this.socket.write(authenticationSaslContinue(scram.handleClientFirst(clientFirst)));
+    const exchange = await routing.beginScram(name.endpointId, user, clientFirst);
+    this.socket.write(authenticationSaslContinue(exchange.serverFirst));
     let final: Buffer;
     try {
       final = await reader.next();
@@ -254,15 +280,9 @@ export class ClientSession {
     if (final[0] !== MessageType.password) throw new ProtocolError('expected a SASLResponse');
     // The delay is decided before this attempt counts, and holds a right proof as long as a wrong one.
     const delayMs = routing.authDelayMs(address, name.endpointId, user);
-    let outcome: { serverFinal: string; clientKey: Buffer } | null = null;
-    try {
-      outcome = scram.handleClientFinal(final.toString('utf8', 5));
-      if (verifierText === null) throw new ScramAuthError('no such role');
-    } catch (error) {
-      if (!(error instanceof ScramAuthError)) throw error;
-      outcome = null;
+    const outcome = await routing.finishScram(exchange.sessionId, final.toString('utf8', 5));
+    if (!outcome) {
       routing.recordAuthFailure(address, name.endpointId, user);
-      routing.forgetVerifier(name.endpointId, user);
       authFailures.inc({ reason: 'password' });
     }
     if (delayMs > 0) {
@@ -273,7 +293,7 @@ export class ClientSession {
     this.socket.write(authenticationSaslFinal(outcome.serverFinal));
     clearTimeout(this.loginTimer);
     this.onAuthenticated?.();
-    const credentials = { clientKey: outcome.clientKey, serverKey: verifier.serverKey };
+    const credentials = { clientKey: outcome.clientKey, serverKey: outcome.serverKey };
 
     // Wake (when stopped) and take a server connection: its ParameterStatus is what the client is told.
     const started = Date.now();
@@ -300,14 +320,12 @@ export class ClientSession {
       const route = await routing.runningRoute(name.endpointId);
       this.context.admit(this, route);
       this.mode = name.pooled ? routing.poolerMode(route) : 'session';
+      // Every server connection of a pool is opened with the same startup parameters (they are the pool's key): in
+      // transaction mode each transaction of the client finds them applied, application_name included (none when the
+      // client sent none, as with Postgres).
       const forwarded: Record<string, string> = {};
-      for (const parameter of FORWARDED_PARAMETERS) {
-        const value = parameters.get(parameter);
-        if (value !== undefined) forwarded[parameter] = value;
-      }
+      for (const [parameter, value] of parameters) if (!GATEWAY_PARAMETERS.has(parameter)) forwarded[parameter] = value;
       if (options) forwarded.options = options;
-      // In session mode the client's own application name reaches Postgres; pooled connections are the gateway's.
-      forwarded.application_name = this.mode === 'session' && this.applicationName ? this.applicationName : 'spg99-gateway';
       this.pool = this.context.pool({ endpointId: name.endpointId, database: this.database, role: this.role, mode: this.mode, parameters: forwarded }, route, credentials);
       this.state = 'waiting';
       try {
@@ -361,6 +379,12 @@ export class ClientSession {
    */
   private serverConnectFailure(error: ServerConnectError, hint = 'Try again in a moment; if it keeps failing, report the trace id.'): Buffer {
     if (error.sqlState && !error.unreachable) {
+      const fields = error.fields;
+      // Postgres' own refusal of what the client asked for (a startup parameter, a database): its own words, as a
+      // direct connection would get them. An authentication failure here is the gateway's, not the client's.
+      if (fields && !error.sqlState.startsWith('28')) {
+        return errorResponse({ code: error.sqlState, message: error.message, detail: fields.get('D'), hint: fields.get('H') });
+      }
       return errorResponse({ code: error.sqlState, message: `the endpoint's database refused the connection: ${error.message}`, hint });
     }
     this.context.log.warn({ traceId: this.traceId, clientId: String(this.clientId), endpointId: this.endpoint?.endpointId, reason: error.message }, 'cannot open a server connection for a client');
@@ -380,7 +404,7 @@ export class ClientSession {
       // Notices are looked at in both modes: one may say that a commit was not acknowledged by a quorum.
       transaction
         ? (type) => type !== MessageType.dataRow && type !== MessageType.copyData
-        : (type) => type === MessageType.readyForQuery || type === MessageType.noticeResponse,
+        : (type) => type === MessageType.readyForQuery || type === MessageType.noticeResponse || type === MessageType.errorResponse,
       1 << 30,
       'server',
     );
@@ -425,6 +449,7 @@ export class ClientSession {
       if (this.mode === 'session') {
         // A Query, Sync or FunctionCall is answered by a ReadyForQuery: until then the server connection is busy.
         this.awaitingReady += 1;
+        if (type === MessageType.query) this.noteSchemaChange(readQuery(msg));
         this.toServer.push(msg);
         return;
       }
@@ -530,9 +555,12 @@ export class ClientSession {
     const server = this.server!;
     switch (type) {
       case MessageType.query: {
-        if (changesSession(readQuery(msg))) server.dirty = true;
+        const sql = readQuery(msg);
+        this.noteSchemaChange(sql);
+        const refusal = poolerRefusal(sql);
+        if (changesSession(sql)) server.dirty = true;
         this.expect(EXPECT.query);
-        this.toServer.push(msg);
+        this.toServer.push(refusal ? simpleQuery(refusalStatement(refusal)) : msg);
         return;
       }
       case MessageType.functionCall:
@@ -540,20 +568,27 @@ export class ClientSession {
         this.toServer.push(msg);
         return;
       case MessageType.parse: {
-        const { name, query, parameterTypes } = readParse(msg);
+        const parsed = readParse(msg);
+        const { name, parameterTypes } = parsed;
+        const refusal = poolerRefusal(parsed.query);
+        const query = refusal ? REFUSED_PARSE : parsed.query;
+        this.noteSchemaChange(query);
         if (changesSession(query)) server.dirty = true;
         if (name === '') {
-          this.expect(EXPECT.parse);
-          this.toServer.push(msg);
+          this.expect(refusal ? expected('parse', { refusal }) : EXPECT.parse);
+          this.toServer.push(refusal ? parseMessage('', query, parameterTypes) : msg);
           return;
         }
-        const globalName = statementName(query, parameterTypes);
-        this.statements.set(name, { globalName, query, parameterTypes: Buffer.from(parameterTypes) });
+        const base = statementName(query, parameterTypes);
+        const globalName = this.pool!.statementVersion(base);
+        const statement = { base, globalName, query, parameterTypes: Buffer.from(parameterTypes), refusal };
+        this.statements.set(name, statement);
         if (server.prepared.has(globalName)) {
           this.expect(expected('parse', { synthetic: PARSE_COMPLETE }));
         } else {
+          this.closeOtherVersion(server, statement);
           server.prepared.add(globalName);
-          this.expect(expected('parse', { statement: globalName }));
+          this.expect(expected('parse', { statement: globalName, refusal }));
           this.toServer.push(parseMessage(globalName, query, parameterTypes));
         }
         return;
@@ -563,7 +598,7 @@ export class ClientSession {
         const known = statement === '' ? undefined : this.statements.get(statement);
         // The injected Parse is answered first: its expectation goes first.
         if (known) this.ensurePrepared(server, known);
-        this.expect(EXPECT.bind);
+        this.expect(known ? expected('bind', { uses: { name: known.globalName, base: known.base } }) : EXPECT.bind);
         if (!known) {
           this.toServer.push(msg);
           return;
@@ -575,7 +610,7 @@ export class ClientSession {
         const { target, name } = readTarget(msg);
         const known = target === 'S' && name !== '' ? this.statements.get(name) : undefined;
         if (known) this.ensurePrepared(server, known);
-        this.expect(EXPECT.describe);
+        this.expect(known ? expected('describe', { uses: { name: known.globalName, base: known.base } }) : EXPECT.describe);
         if (!known) {
           this.toServer.push(msg);
           return;
@@ -600,7 +635,16 @@ export class ClientSession {
         this.toServer.push(msg);
         return;
       case MessageType.sync:
-        this.expect(EXPECT.sync);
+        // Postgres ignores a Sync in copy-in mode: no ReadyForQuery will answer it.
+        if (!this.copyIn) this.expect(EXPECT.sync);
+        this.toServer.push(msg);
+        return;
+      case MessageType.copyDone:
+      case MessageType.copyFail:
+        // Before the server's CopyInResponse arrived, the gateway cannot tell which Syncs Postgres will ignore: it
+        // marks where the copy ended (see the CopyInResponse in answer()).
+        if (this.copyIn) this.copyIn = false;
+        else this.expected.push(EXPECT_COPY_END);
         this.toServer.push(msg);
         return;
       default:
@@ -612,9 +656,28 @@ export class ClientSession {
   /** Sends the statement's Parse to a server connection that lacks it; its ParseComplete is swallowed. */
   private ensurePrepared(server: ServerConnection, statement: ClientStatement): void {
     if (server.prepared.has(statement.globalName)) return;
+    this.closeOtherVersion(server, statement);
     server.prepared.add(statement.globalName);
-    this.expect(expected('parse', { swallow: true, statement: statement.globalName }));
+    this.expect(expected('parse', { swallow: true, statement: statement.globalName, refusal: statement.refusal }));
     this.toServer.push(parseMessage(statement.globalName, statement.query, statement.parameterTypes));
+  }
+
+  /** Counts a statement that may change a table's shape (for every pool of the endpoint). */
+  private noteSchemaChange(sql: string): void {
+    if (this.pool && SCHEMA_CHANGING_STATEMENT.test(sql)) this.pool.noteSchemaChange();
+  }
+
+  /**
+   * Closes the version of the statement's text the server connection holds when it is not the one about to be parsed
+   * (a stale one, or another client's older one): each connection keeps one version per text, so versions never pile up.
+   */
+  private closeOtherVersion(server: ServerConnection, statement: ClientStatement): void {
+    const held = server.preparedVersions.get(statement.base);
+    server.preparedVersions.set(statement.base, statement.globalName);
+    if (held === undefined || held === statement.globalName || !server.prepared.has(held)) return;
+    server.prepared.delete(held);
+    this.expect(expected('close', { swallow: true, statement: held }));
+    this.toServer.push(targetMessage(MessageType.close, 'S', held));
   }
 
   private expect(entry: Expected): void {
@@ -657,6 +720,7 @@ export class ClientSession {
         this.commitUnacknowledged = parseErrorFields(msg).get('M') ?? 'canceling wait for synchronous replication';
         return;
       }
+      if (type === MessageType.errorResponse && isFatal(msg)) this.serverEndedSession = true;
       if (this.mode === 'session') {
         if (type === MessageType.readyForQuery && this.server) {
           this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
@@ -676,16 +740,44 @@ export class ClientSession {
       case MessageType.readyForQuery:
         if (this.server) this.server.transactionStatus = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
         if (head && (head.kind === 'sync' || head.kind === 'query')) this.expected.shift();
+        // A CopyDone or CopyFail sent after a COPY had already failed marks nothing.
+        while (this.expected[0]?.kind === 'copyEnd') this.expected.shift();
+        this.copyIn = false;
         this.toClient.push(msg);
         break;
+      case MessageType.copyInResponse: {
+        // Postgres is in copy-in mode until the client's CopyDone or CopyFail, and ignores Syncs until then: those
+        // the client already sent (pipelined after its Execute) get no ReadyForQuery, so they are not expected.
+        let ended = false;
+        for (let index = 1; index < this.expected.length; index++) {
+          const kind = this.expected[index]!.kind;
+          if (kind === 'copyEnd') {
+            this.expected.splice(index, 1);
+            ended = true;
+            break;
+          }
+          if (kind === 'sync') this.expected.splice(index--, 1);
+        }
+        this.copyIn = !ended;
+        this.toClient.push(msg);
+        break;
+      }
       case MessageType.errorResponse:
+        if (head?.refusal) msg = errorResponse({ severity: 'ERROR', code: '0A000', message: head.refusal.message, hint: head.refusal.hint });
         if (head && head.kind !== 'query') {
           this.expected.shift();
-          if (head.statement) this.server?.prepared.delete(head.statement);
+          if (head.statement && head.kind !== 'close') this.server?.prepared.delete(head.statement);
+          // A shared statement failing at Bind or Describe may be stale (its plan's result or parameter types changed
+          // with the table): the client's next Parse of it gets a fresh version, as a re-prepare does in Postgres.
+          if (head.uses) this.pool?.markStale(head.uses.base, head.uses.name);
           // Postgres skips everything up to the Sync: so are their answers (the gateway's own included).
           while (this.expected.length > 0 && this.expected[0].kind !== 'sync') {
             const skipped = this.expected.shift()!;
-            if (skipped.statement && !skipped.synthetic) this.server?.prepared.delete(skipped.statement);
+            // A skipped Parse created nothing; a skipped Close of an old version closed nothing.
+            if (skipped.statement && !skipped.synthetic) {
+              if (skipped.kind === 'close') this.server?.prepared.add(skipped.statement);
+              else this.server?.prepared.delete(skipped.statement);
+            }
           }
         }
         this.toClient.push(msg);
@@ -697,7 +789,7 @@ export class ClientSession {
       case MessageType.bindComplete:
       case MessageType.closeComplete:
         if (head && (head.kind === 'bind' || head.kind === 'close')) this.expected.shift();
-        this.toClient.push(msg);
+        if (!head?.swallow) this.toClient.push(msg);
         break;
       case MessageType.noData:
       case MessageType.rowDescription:
@@ -795,6 +887,13 @@ export class ClientSession {
   serverLost(): void {
     if (this.closed || !this.server) return;
     this.detach();
+    // Postgres said why itself (a FATAL such as 57P01, terminating connection due to administrator command): that one
+    // error is the client's, as on a direct connection.
+    if (this.serverEndedSession) {
+      this.socket.end();
+      this.close();
+      return;
+    }
     this.socket.end(errorResponse({ code: '08006', message: 'the connection to the database was lost (the compute stopped or restarted); reconnect' }));
     this.close();
   }
@@ -837,6 +936,12 @@ export function isSyncRepCancelNotice(msg: Buffer): boolean {
   if (code === '01000' && text.startsWith('canceling wait for synchronous replication')) return true;
   if (code === '57P01' && text.startsWith('canceling the wait for synchronous replication')) return true;
   return (code === '01000' || code === '57P01') && (fields.get('D') ?? '').startsWith('The transaction has already committed locally');
+}
+
+/** Whether an ErrorResponse is FATAL or PANIC (Postgres closes the connection after it). */
+function isFatal(msg: Buffer): boolean {
+  const severity = parseErrorFields(msg).get('V');
+  return severity === 'FATAL' || severity === 'PANIC';
 }
 
 /**

@@ -1,11 +1,11 @@
 /**
  * SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL implements it, for the control plane and the gateway.
  *
- * The control plane keeps only a role's verifier (`createVerifier`), never its password. The gateway checks a
- * client's proof against that verifier (`ScramServerSession`), which also recovers the client's ClientKey
- * (ClientProof XOR HMAC(StoredKey, AuthMessage), checked by H(ClientKey) = StoredKey), and then logs in to the
- * compute as the same role with that key (`ScramClientSession` in its key form): no password ever reaches the
- * gateway. A ClientKey is password-equivalent for SCRAM (it logs in wherever the verifier is installed): keep it in
+ * The control plane keeps only a role's verifier (`createVerifier`), never its password, and checks a client's proof
+ * against it (`ScramServerSession`, for the client messages the gateway relays), which also recovers the client's
+ * ClientKey (ClientProof XOR HMAC(StoredKey, AuthMessage), checked by H(ClientKey) = StoredKey). The gateway gets that
+ * key for a right proof only and logs in to the compute as the same role with it (`ScramClientSession` in its key
+ * form): no password ever reaches the gateway, and no verifier either. A ClientKey is password-equivalent for SCRAM (it logs in wherever the verifier is installed): keep it in
  * memory for the one login, never log or store it.
  *
  * Only what Postgres does is supported: mechanism SCRAM-SHA-256 without channel binding (gs2 flags `n` and `y`),

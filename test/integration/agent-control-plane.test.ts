@@ -111,6 +111,8 @@ class RecordingControlPlane {
       resolveEndpoint: unimplemented,
       wakeEndpoint: unimplemented,
       getRoleVerifier: unimplemented,
+      beginScram: unimplemented,
+      finishScram: unimplemented,
       async reportComputeActivity(request) {
         recorder.current?.activity.push(request);
         answer('activity');

@@ -15,6 +15,7 @@ import { ClientError, Status } from '../../src/lib/grpc/errors.js';
 import { openChannel } from '../../src/lib/grpc/client.js';
 import { CREDENTIAL_METADATA, SelfSigner } from '../../src/lib/grpc/credentials.js';
 import { pingRedis } from '../../src/lib/redis.js';
+import { ScramClientSession } from '../../src/lib/scram.js';
 import { postgresOsUser } from '../../src/lib/pg/os-user.js';
 import { AppendRequest, SafekeeperServiceDefinition } from '../../gen/spg99/safekeeper/v1/safekeeper.js';
 import { PageServiceDefinition, TimelineServiceDefinition, BasebackupMode } from '../../gen/spg99/pageserver/v1/pageserver.js';
@@ -171,13 +172,24 @@ describe('internal authentication (every internal call, the Append socket, Redis
     expect(Status[repoint.code]).to.equal('PERMISSION_DENIED');
     expect(repoint.details).to.contain('control-plane');
     expect(Status[(await failure(clientWith(ProvisionerServiceDefinition, provisionerChannel, asGateway).listComputes({ endpointId: '' }))).code]).to.equal('PERMISSION_DENIED');
-    // Verifiers go to the gateway (which runs the logins) only: not to a compute, the provisioner or the pageserver.
-    for (const token of [own, tokenOf('provisioner'), tokenOf('pageserver')]) {
+    // No verifier leaves the control plane, not even to the gateway (it relays SCRAM messages; the control plane checks
+    // the proof); and only the gateway may relay logins.
+    for (const token of [asGateway, own, tokenOf('provisioner'), tokenOf('pageserver')]) {
       const error = await failure(clientWith(ControlPlaneInternalServiceDefinition, internal, token).getRoleVerifier({ endpointId, roleName: platform.owner.user }));
+      expect(Status[error.code], error.details).to.equal('PERMISSION_DENIED');
+      expect(error.details).to.contain('operator');
+    }
+    for (const token of [own, tokenOf('provisioner'), tokenOf('pageserver')]) {
+      const error = await failure(clientWith(ControlPlaneInternalServiceDefinition, internal, token).beginScram({ endpointId, roleName: platform.owner.user, clientFirstMessage: 'n,,n=,r=abc' }));
       expect(Status[error.code]).to.equal('PERMISSION_DENIED');
     }
-    const verifier = await clientWith(ControlPlaneInternalServiceDefinition, internal, asGateway).getRoleVerifier({ endpointId, roleName: platform.owner.user });
-    expect(verifier.scramVerifier).to.match(/^SCRAM-SHA-256\$/);
+    // What the gateway gets for a login it relays: a challenge, and nothing but verified = false for a wrong proof.
+    const scram = new ScramClientSession({ password: 'not the password' });
+    const begun = await clientWith(ControlPlaneInternalServiceDefinition, internal, asGateway).beginScram({ endpointId, roleName: platform.owner.user, clientFirstMessage: scram.clientFirst() });
+    expect(begun.serverFirstMessage).to.match(/^r=.+,s=.+,i=\d+$/);
+    const finished = await clientWith(ControlPlaneInternalServiceDefinition, internal, asGateway).finishScram({ sessionId: begun.sessionId, clientFinalMessage: scram.handleServerFirst(begun.serverFirstMessage) });
+    expect(finished).to.deep.include({ verified: false, serverFinalMessage: '' });
+    expect(finished.clientKey.length + finished.serverKey.length).to.equal(0);
 
     // 4. Redis refuses a client without the password.
     const answer = await pingRedis('127.0.0.1', redis.port, 2_000);

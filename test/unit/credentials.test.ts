@@ -18,6 +18,8 @@ import {
 } from '../../src/lib/grpc/credentials.js';
 import { checkRole, checkScope } from '../../src/lib/grpc/auth-policy.js';
 import { Status } from '../../src/lib/grpc/errors.js';
+import { RefusalLog } from '../../src/lib/grpc/refusal-log.js';
+import type { Logger } from '../../src/lib/log.js';
 
 describe('service credentials', () => {
   let directory: string;
@@ -81,5 +83,43 @@ describe('service credentials', () => {
     expect(checkScope(claims, { endpointId: 'ep-b', computeId: 'c1' }, '/x/RenewWriterLease', true)?.details).to.contain('endpoint');
     expect(checkRole(claims, '/spg99.pageserver.v1.TimelineService/DeleteTimeline')?.details).to.match(/operator or control-plane/);
     expect(checkRole(claims, '/spg99.controlplane.v1.ControlPlaneInternalService/GetRoleVerifier')?.code).to.equal(Status.PERMISSION_DENIED);
+  });
+});
+
+describe('token verification cache', () => {
+  it('evicts the oldest verified token when full, keeping the others (not the whole cache)', () => {
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const trust = new Map([['gateway' as const, publicKey]]);
+    const verifier = new TokenVerifier(trust, 3);
+    const exp = Date.now() + 600_000;
+    const tokens = ['a', 'b', 'c', 'd'].map((sub) => signToken(privateKey, { role: 'gateway', iss: 'gateway', sub, exp }));
+    for (const token of tokens) verifier.verify(token);
+    // Without the key, only what is cached still verifies: the three newest, not the first nor none.
+    trust.delete('gateway');
+    expect(() => verifier.verify(tokens[0])).to.throw(CredentialError);
+    for (const token of tokens.slice(1)) expect(verifier.verify(token).sub).to.be.oneOf(['b', 'c', 'd']);
+  });
+});
+
+describe('refused-call log', () => {
+  it('writes one line per caller, method and status per interval, then one with the count of the rest', () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const log = { warn: (fields: Record<string, unknown>) => lines.push(fields) } as unknown as Logger;
+    const refusals = new RefusalLog(log, { intervalMs: 60_000, maxKeys: 2 });
+    const method = '/spg99.safekeeper.v1.SafekeeperService/Vote';
+    for (let index = 0; index < 1000; index++) refusals.refused({ method, peer: `10.0.0.1:${1000 + index}`, code: 'UNAUTHENTICATED', details: 'no credential' });
+    refusals.refused({ method: '/x/Other', peer: '10.0.0.1:1', code: 'UNAUTHENTICATED', details: 'no credential' });
+    for (let index = 0; index < 5; index++) refusals.refused({ method, peer: '10.0.0.2:1', code: 'UNAUTHENTICATED', details: 'no credential' });
+    expect(lines.map((line) => line.method)).to.deep.equal([method, '/x/Other']);
+    refusals.summarize();
+    expect(lines.slice(2)).to.deep.equal([
+      { method, peer: '10.0.0.1:1999', code: 'UNAUTHENTICATED', details: 'no credential', moreRefused: 999, intervalS: 60 },
+      { moreRefused: 5, intervalS: 60, distinctCallers: 'over 2' },
+    ]);
+    // A new interval logs the first refusal again at once.
+    refusals.refused({ method, peer: '10.0.0.1:5', code: 'UNAUTHENTICATED', details: 'no credential' });
+    expect(lines).to.have.length(5);
+    refusals.summarize();
+    expect(lines).to.have.length(5);
   });
 });

@@ -5,7 +5,6 @@
  */
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { createVerifier, parseVerifier } from '../../src/lib/scram.js';
 import {
   bindMessage,
   cancelRequest,
@@ -400,24 +399,5 @@ describe('gateway routing: failed password attempts', () => {
     const endpointId = `ep-${'a'.repeat(32)}`;
     for (let attempt = 0; attempt < 21; attempt++) routing.recordAuthFailure(`10.0.1.${attempt}`, endpointId, 'owner');
     expect(routing.authDelayMs('10.0.2.1', endpointId, 'owner')).to.equal(200);
-  });
-});
-
-describe('gateway routing: mock verifiers of roles that do not exist', () => {
-  it('gives a role the same salt at every attempt, shaped like a real verifier\'s, and other roles and endpoints other salts', () => {
-    const secret = Buffer.alloc(32, 7);
-    const routing = new Routing({ controlPlane: {} as never, wakeTimeoutMs: 1000, mockSaltSecret: secret });
-    const endpointId = `ep-${'a'.repeat(32)}`;
-    const first = routing.mockVerifier(endpointId, 'nobody');
-    const again = routing.mockVerifier(endpointId, 'nobody');
-    expect(again.salt.equals(first.salt)).to.equal(true);
-    const real = parseVerifier(createVerifier('a password'));
-    expect(first.salt.length).to.equal(real.salt.length);
-    expect(first.iterations).to.equal(real.iterations);
-    expect(routing.mockVerifier(endpointId, 'somebody').salt.equals(first.salt)).to.equal(false);
-    expect(routing.mockVerifier(`ep-${'b'.repeat(32)}`, 'nobody').salt.equals(first.salt)).to.equal(false);
-    // Another gateway with the same secret (a replica, a restart) answers the same.
-    const replica = new Routing({ controlPlane: {} as never, wakeTimeoutMs: 1000, mockSaltSecret: Buffer.from(secret) });
-    expect(replica.mockVerifier(endpointId, 'nobody').salt.equals(first.salt)).to.equal(true);
   });
 });

@@ -42,10 +42,12 @@ const POLICY: Record<string, readonly Role[]> = {
   [`${INTERNAL}/ReleaseWriterLease`]: ['compute'],
   [`${INTERNAL}/ReportComputeActivity`]: ['compute'],
   [`${INTERNAL}/ReportComputeState`]: ['compute', 'provisioner'],
-  // The gateway runs SCRAM logins: routing, wake-on-connect and a role's verifier are what a login needs.
+  // The gateway relays SCRAM logins (the control plane verifies them: no verifier leaves it), routes and wakes.
+  // GetRoleVerifier is the operator's only.
   [`${INTERNAL}/ResolveEndpoint`]: ['gateway'],
   [`${INTERNAL}/WakeEndpoint`]: ['gateway'],
-  [`${INTERNAL}/GetRoleVerifier`]: ['gateway'],
+  [`${INTERNAL}/BeginScram`]: ['gateway'],
+  [`${INTERNAL}/FinishScram`]: ['gateway'],
   [INTERNAL]: [],
 };
 

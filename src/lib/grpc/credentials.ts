@@ -122,9 +122,15 @@ export class HeldToken implements CredentialSource {
 /** Verifies tokens against the trust document, caching verified claims until they expire. */
 export class TokenVerifier {
   private readonly cache = new Map<string, Claims>();
-  private static readonly CACHE_LIMIT = 10_000;
+  private readonly cacheLimit: number;
 
-  constructor(private readonly trust: ReadonlyMap<Role, KeyObject>) {}
+  constructor(
+    private readonly trust: ReadonlyMap<Role, KeyObject>,
+    /** Verified tokens kept (default 10,000). */
+    cacheLimit = 10_000,
+  ) {
+    this.cacheLimit = cacheLimit;
+  }
 
   /** The claims of `token`, or a CredentialError saying why it is refused. */
   verify(token: string | undefined, now = Date.now()): Claims {
@@ -138,8 +144,9 @@ export class TokenVerifier {
       return cached;
     }
     const claims = this.verifyUncached(token, now);
-    // Bounded: an attacker with a valid key could fill it, but then it is only re-verification work.
-    if (this.cache.size >= TokenVerifier.CACHE_LIMIT) this.cache.clear();
+    // Bounded: the oldest entry goes, so a burst of new tokens (an attacker's, or many computes at once) costs the
+    // tokens in steady use nothing; clearing the whole cache would make every caller's next call verify again.
+    if (this.cache.size >= this.cacheLimit) this.cache.delete(this.cache.keys().next().value!);
     this.cache.set(token, claims);
     return claims;
   }

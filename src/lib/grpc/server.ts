@@ -16,6 +16,7 @@ import { checkRole, checkScope, isOpenMethod } from './auth-policy.js';
 import type { Logger } from '../log.js';
 import { newTraceId } from '../log.js';
 import { counter, histogram } from '../metrics.js';
+import { RefusalLog } from './refusal-log.js';
 
 /** What every handler gets in its call context besides nice-grpc's own. */
 export interface ServerContextExtension {
@@ -41,6 +42,7 @@ const CALLER_METADATA = 'x-spg99-caller';
  * PERMISSION_DENIED, its bytes never parsed (grpc-js reads messages only after the metadata step).
  */
 function firstInterceptor(verifier: TokenVerifier | null, log: Logger): ServerInterceptor {
+  const refusals = new RefusalLog(log);
   return (method, call) =>
     new ServerInterceptingCall(call, {
       start: (next) =>
@@ -53,8 +55,10 @@ function firstInterceptor(verifier: TokenVerifier | null, log: Logger): ServerIn
             if (verifier && !isOpenMethod(method.path)) {
               const token = metadata.get(CREDENTIAL_METADATA)[0];
               let refusal: { code: grpcStatus; details: string } | null = null;
+              let caller: string | undefined;
               try {
                 const claims = verifier.verify(typeof token === 'string' ? token : undefined);
+                caller = `${claims.role}:${claims.sub}`;
                 const denied = checkRole(claims, method.path);
                 if (denied) refusal = { code: grpcStatus.PERMISSION_DENIED, details: denied.details };
                 else metadata.set(CALLER_METADATA, JSON.stringify(claims));
@@ -64,7 +68,7 @@ function firstInterceptor(verifier: TokenVerifier | null, log: Logger): ServerIn
               }
               if (refusal) {
                 refused.inc({ method: method.path, code: grpcStatus[refusal.code] });
-                log.warn({ method: method.path, peer: call.getPeer(), code: grpcStatus[refusal.code], details: refusal.details }, 'call refused');
+                refusals.refused({ method: method.path, peer: call.getPeer(), code: grpcStatus[refusal.code], details: refusal.details, caller });
                 call.sendStatus(refusal);
                 return;
               }

@@ -803,6 +803,40 @@ export interface GetRoleVerifierResponse {
   scramVerifier: string;
 }
 
+export interface BeginScramRequest {
+  endpointId: string;
+  /** The Postgres role name the client sent as `user` in its startup packet. */
+  roleName: string;
+  /** The client's client-first-message (RFC 5802), as it sent it in SASLInitialResponse. */
+  clientFirstMessage: string;
+}
+
+export interface BeginScramResponse {
+  /** Names the exchange in FinishScram; valid once, for a minute. */
+  sessionId: string;
+  /** `r=<nonce>,s=<salt>,i=<iterations>`, for the client (AuthenticationSASLContinue). */
+  serverFirstMessage: string;
+}
+
+export interface FinishScramRequest {
+  sessionId: string;
+  /** The client's client-final-message, with its proof. */
+  clientFinalMessage: string;
+}
+
+export interface FinishScramResponse {
+  /** The proof is right: the client knows the role's password. */
+  verified: boolean;
+  /** When verified: `v=<signature>`, for the client (AuthenticationSASLFinal). */
+  serverFinalMessage: string;
+  /**
+   * When verified: the role's ClientKey (recovered from the proof) and ServerKey, for the gateway's own login to the
+   * compute as that role. Password-equivalent for this role: kept in memory for the client's connections, never logged.
+   */
+  clientKey: Buffer;
+  serverKey: Buffer;
+}
+
 export interface ReportComputeActivityRequest {
   computeId: string;
   endpointId: string;
@@ -8174,6 +8208,434 @@ export const GetRoleVerifierResponse: MessageFns<GetRoleVerifierResponse> = {
   },
 };
 
+function createBaseBeginScramRequest(): BeginScramRequest {
+  return { endpointId: "", roleName: "", clientFirstMessage: "" };
+}
+
+export const BeginScramRequest: MessageFns<BeginScramRequest> = {
+  encode(message: BeginScramRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.endpointId !== "") {
+      writer.uint32(10).string(message.endpointId);
+    }
+    if (message.roleName !== "") {
+      writer.uint32(18).string(message.roleName);
+    }
+    if (message.clientFirstMessage !== "") {
+      writer.uint32(26).string(message.clientFirstMessage);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BeginScramRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBeginScramRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.endpointId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.roleName = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.clientFirstMessage = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BeginScramRequest {
+    return {
+      endpointId: isSet(object.endpointId)
+        ? globalThis.String(object.endpointId)
+        : isSet(object.endpoint_id)
+        ? globalThis.String(object.endpoint_id)
+        : "",
+      roleName: isSet(object.roleName)
+        ? globalThis.String(object.roleName)
+        : isSet(object.role_name)
+        ? globalThis.String(object.role_name)
+        : "",
+      clientFirstMessage: isSet(object.clientFirstMessage)
+        ? globalThis.String(object.clientFirstMessage)
+        : isSet(object.client_first_message)
+        ? globalThis.String(object.client_first_message)
+        : "",
+    };
+  },
+
+  toJSON(message: BeginScramRequest): unknown {
+    const obj: any = {};
+    if (message.endpointId !== "") {
+      obj.endpointId = message.endpointId;
+    }
+    if (message.roleName !== "") {
+      obj.roleName = message.roleName;
+    }
+    if (message.clientFirstMessage !== "") {
+      obj.clientFirstMessage = message.clientFirstMessage;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BeginScramRequest>): BeginScramRequest {
+    return BeginScramRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BeginScramRequest>): BeginScramRequest {
+    const message = createBaseBeginScramRequest();
+    message.endpointId = object.endpointId ?? "";
+    message.roleName = object.roleName ?? "";
+    message.clientFirstMessage = object.clientFirstMessage ?? "";
+    return message;
+  },
+};
+
+function createBaseBeginScramResponse(): BeginScramResponse {
+  return { sessionId: "", serverFirstMessage: "" };
+}
+
+export const BeginScramResponse: MessageFns<BeginScramResponse> = {
+  encode(message: BeginScramResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.serverFirstMessage !== "") {
+      writer.uint32(18).string(message.serverFirstMessage);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BeginScramResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBeginScramResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.serverFirstMessage = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BeginScramResponse {
+    return {
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      serverFirstMessage: isSet(object.serverFirstMessage)
+        ? globalThis.String(object.serverFirstMessage)
+        : isSet(object.server_first_message)
+        ? globalThis.String(object.server_first_message)
+        : "",
+    };
+  },
+
+  toJSON(message: BeginScramResponse): unknown {
+    const obj: any = {};
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.serverFirstMessage !== "") {
+      obj.serverFirstMessage = message.serverFirstMessage;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BeginScramResponse>): BeginScramResponse {
+    return BeginScramResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BeginScramResponse>): BeginScramResponse {
+    const message = createBaseBeginScramResponse();
+    message.sessionId = object.sessionId ?? "";
+    message.serverFirstMessage = object.serverFirstMessage ?? "";
+    return message;
+  },
+};
+
+function createBaseFinishScramRequest(): FinishScramRequest {
+  return { sessionId: "", clientFinalMessage: "" };
+}
+
+export const FinishScramRequest: MessageFns<FinishScramRequest> = {
+  encode(message: FinishScramRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.clientFinalMessage !== "") {
+      writer.uint32(18).string(message.clientFinalMessage);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FinishScramRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFinishScramRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.clientFinalMessage = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FinishScramRequest {
+    return {
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      clientFinalMessage: isSet(object.clientFinalMessage)
+        ? globalThis.String(object.clientFinalMessage)
+        : isSet(object.client_final_message)
+        ? globalThis.String(object.client_final_message)
+        : "",
+    };
+  },
+
+  toJSON(message: FinishScramRequest): unknown {
+    const obj: any = {};
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.clientFinalMessage !== "") {
+      obj.clientFinalMessage = message.clientFinalMessage;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<FinishScramRequest>): FinishScramRequest {
+    return FinishScramRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<FinishScramRequest>): FinishScramRequest {
+    const message = createBaseFinishScramRequest();
+    message.sessionId = object.sessionId ?? "";
+    message.clientFinalMessage = object.clientFinalMessage ?? "";
+    return message;
+  },
+};
+
+function createBaseFinishScramResponse(): FinishScramResponse {
+  return { verified: false, serverFinalMessage: "", clientKey: Buffer.alloc(0), serverKey: Buffer.alloc(0) };
+}
+
+export const FinishScramResponse: MessageFns<FinishScramResponse> = {
+  encode(message: FinishScramResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.verified !== false) {
+      writer.uint32(8).bool(message.verified);
+    }
+    if (message.serverFinalMessage !== "") {
+      writer.uint32(18).string(message.serverFinalMessage);
+    }
+    if (message.clientKey.length !== 0) {
+      writer.uint32(26).bytes(message.clientKey);
+    }
+    if (message.serverKey.length !== 0) {
+      writer.uint32(34).bytes(message.serverKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FinishScramResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFinishScramResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.verified = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.serverFinalMessage = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.clientKey = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.serverKey = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FinishScramResponse {
+    return {
+      verified: isSet(object.verified) ? globalThis.Boolean(object.verified) : false,
+      serverFinalMessage: isSet(object.serverFinalMessage)
+        ? globalThis.String(object.serverFinalMessage)
+        : isSet(object.server_final_message)
+        ? globalThis.String(object.server_final_message)
+        : "",
+      clientKey: isSet(object.clientKey)
+        ? Buffer.from(bytesFromBase64(object.clientKey))
+        : isSet(object.client_key)
+        ? Buffer.from(bytesFromBase64(object.client_key))
+        : Buffer.alloc(0),
+      serverKey: isSet(object.serverKey)
+        ? Buffer.from(bytesFromBase64(object.serverKey))
+        : isSet(object.server_key)
+        ? Buffer.from(bytesFromBase64(object.server_key))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: FinishScramResponse): unknown {
+    const obj: any = {};
+    if (message.verified !== false) {
+      obj.verified = message.verified;
+    }
+    if (message.serverFinalMessage !== "") {
+      obj.serverFinalMessage = message.serverFinalMessage;
+    }
+    if (message.clientKey.length !== 0) {
+      obj.clientKey = base64FromBytes(message.clientKey);
+    }
+    if (message.serverKey.length !== 0) {
+      obj.serverKey = base64FromBytes(message.serverKey);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<FinishScramResponse>): FinishScramResponse {
+    return FinishScramResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<FinishScramResponse>): FinishScramResponse {
+    const message = createBaseFinishScramResponse();
+    message.verified = object.verified ?? false;
+    message.serverFinalMessage = object.serverFinalMessage ?? "";
+    message.clientKey = object.clientKey ?? Buffer.alloc(0);
+    message.serverKey = object.serverKey ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 function createBaseReportComputeActivityRequest(): ReportComputeActivityRequest {
   return {
     computeId: "",
@@ -9797,14 +10259,44 @@ export const ControlPlaneInternalServiceDefinition = {
       options: {},
     },
     /**
-     * The SCRAM-SHA-256 verifier of a role of the endpoint's branch, for the gateway's authentication. NOT_FOUND for
-     * an unknown role (the gateway then fails the exchange as for a wrong password, not revealing which it was).
+     * The SCRAM-SHA-256 verifier of a role of the endpoint's branch, for operators only: the gateway's credential may
+     * not call it (it relays logins through BeginScram and FinishScram, and never holds a verifier). NOT_FOUND for an
+     * unknown role.
      */
     getRoleVerifier: {
       name: "GetRoleVerifier",
       requestType: GetRoleVerifierRequest as typeof GetRoleVerifierRequest,
       requestStream: false,
       responseType: GetRoleVerifierResponse as typeof GetRoleVerifierResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * The first half of a client's SCRAM-SHA-256 login, run here so that no verifier leaves the control plane: the
+     * gateway relays the client's client-first-message and gets the server-first-message to send back. A role that
+     * does not exist is answered like one that does, with a salt derived from the role name (Postgres' mock salt: the
+     * same at every attempt), so the answer does not tell whether it exists. NOT_FOUND for an unknown endpoint;
+     * INVALID_ARGUMENT for a malformed message (the client broke the protocol).
+     */
+    beginScram: {
+      name: "BeginScram",
+      requestType: BeginScramRequest as typeof BeginScramRequest,
+      requestStream: false,
+      responseType: BeginScramResponse as typeof BeginScramResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * The second half: checks the proof in the client-final-message. Only when it verifies does the answer carry the
+     * server-final-message and the keys the gateway logs in to the compute with (the ClientKey the proof reveals, the
+     * role's ServerKey); a wrong password and a role that does not exist both answer verified = false. A session is
+     * used once; NOT_FOUND when it is unknown, used or expired (BeginScram again).
+     */
+    finishScram: {
+      name: "FinishScram",
+      requestType: FinishScramRequest as typeof FinishScramRequest,
+      requestStream: false,
+      responseType: FinishScramResponse as typeof FinishScramResponse,
       responseStream: false,
       options: {},
     },
@@ -9899,13 +10391,35 @@ export interface ControlPlaneInternalServiceImplementation<CallContextExt = {}> 
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<WakeEndpointResponse>>;
   /**
-   * The SCRAM-SHA-256 verifier of a role of the endpoint's branch, for the gateway's authentication. NOT_FOUND for
-   * an unknown role (the gateway then fails the exchange as for a wrong password, not revealing which it was).
+   * The SCRAM-SHA-256 verifier of a role of the endpoint's branch, for operators only: the gateway's credential may
+   * not call it (it relays logins through BeginScram and FinishScram, and never holds a verifier). NOT_FOUND for an
+   * unknown role.
    */
   getRoleVerifier(
     request: GetRoleVerifierRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<GetRoleVerifierResponse>>;
+  /**
+   * The first half of a client's SCRAM-SHA-256 login, run here so that no verifier leaves the control plane: the
+   * gateway relays the client's client-first-message and gets the server-first-message to send back. A role that
+   * does not exist is answered like one that does, with a salt derived from the role name (Postgres' mock salt: the
+   * same at every attempt), so the answer does not tell whether it exists. NOT_FOUND for an unknown endpoint;
+   * INVALID_ARGUMENT for a malformed message (the client broke the protocol).
+   */
+  beginScram(
+    request: BeginScramRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<BeginScramResponse>>;
+  /**
+   * The second half: checks the proof in the client-final-message. Only when it verifies does the answer carry the
+   * server-final-message and the keys the gateway logs in to the compute with (the ClientKey the proof reveals, the
+   * role's ServerKey); a wrong password and a role that does not exist both answer verified = false. A session is
+   * used once; NOT_FOUND when it is unknown, used or expired (BeginScram again).
+   */
+  finishScram(
+    request: FinishScramRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<FinishScramResponse>>;
   /**
    * The agent's periodic activity and load report: drives scale to zero (suspend after the endpoint's
    * suspend_timeout without connections) and the autoscaler. ABORTED when the compute is no longer the endpoint's
@@ -9980,13 +10494,35 @@ export interface ControlPlaneInternalServiceClient<CallOptionsExt = {}> {
     options?: CallOptions & CallOptionsExt,
   ): Promise<WakeEndpointResponse>;
   /**
-   * The SCRAM-SHA-256 verifier of a role of the endpoint's branch, for the gateway's authentication. NOT_FOUND for
-   * an unknown role (the gateway then fails the exchange as for a wrong password, not revealing which it was).
+   * The SCRAM-SHA-256 verifier of a role of the endpoint's branch, for operators only: the gateway's credential may
+   * not call it (it relays logins through BeginScram and FinishScram, and never holds a verifier). NOT_FOUND for an
+   * unknown role.
    */
   getRoleVerifier(
     request: DeepPartial<GetRoleVerifierRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<GetRoleVerifierResponse>;
+  /**
+   * The first half of a client's SCRAM-SHA-256 login, run here so that no verifier leaves the control plane: the
+   * gateway relays the client's client-first-message and gets the server-first-message to send back. A role that
+   * does not exist is answered like one that does, with a salt derived from the role name (Postgres' mock salt: the
+   * same at every attempt), so the answer does not tell whether it exists. NOT_FOUND for an unknown endpoint;
+   * INVALID_ARGUMENT for a malformed message (the client broke the protocol).
+   */
+  beginScram(
+    request: DeepPartial<BeginScramRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<BeginScramResponse>;
+  /**
+   * The second half: checks the proof in the client-final-message. Only when it verifies does the answer carry the
+   * server-final-message and the keys the gateway logs in to the compute with (the ClientKey the proof reveals, the
+   * role's ServerKey); a wrong password and a role that does not exist both answer verified = false. A session is
+   * used once; NOT_FOUND when it is unknown, used or expired (BeginScram again).
+   */
+  finishScram(
+    request: DeepPartial<FinishScramRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<FinishScramResponse>;
   /**
    * The agent's periodic activity and load report: drives scale to zero (suspend after the endpoint's
    * suspend_timeout without connections) and the autoscaler. ABORTED when the compute is no longer the endpoint's
@@ -10019,6 +10555,14 @@ export interface ControlPlaneInternalServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<GetHandoffRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<GetHandoffResponse>;
+}
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
 }
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {
