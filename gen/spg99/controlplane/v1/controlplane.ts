@@ -484,10 +484,16 @@ export interface CreateApiKeyResponse {
 }
 
 export interface ListApiKeysRequest {
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListApiKeysResponse {
   apiKeys: ApiKey[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface RevokeApiKeyRequest {
@@ -536,10 +542,16 @@ export interface GetProjectResponse {
 }
 
 export interface ListProjectsRequest {
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListProjectsResponse {
   projects: Project[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface DeleteProjectRequest {
@@ -577,10 +589,16 @@ export interface CreateBranchResponse {
 
 export interface ListBranchesRequest {
   projectId: string;
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListBranchesResponse {
   branches: Branch[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface GetBranchRequest {
@@ -620,10 +638,16 @@ export interface ListEndpointsRequest {
   projectId: string;
   /** Only the endpoints of this branch; empty for all of the project's. */
   branchId: string;
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListEndpointsResponse {
   endpoints: Endpoint[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface UpdateEndpointRequest {
@@ -681,10 +705,16 @@ export interface CreateRoleResponse {
 
 export interface ListRolesRequest {
   branchId: string;
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListRolesResponse {
   roles: Role[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface ResetRolePasswordRequest {
@@ -3533,11 +3563,17 @@ export const CreateApiKeyResponse: MessageFns<CreateApiKeyResponse> = {
 };
 
 function createBaseListApiKeysRequest(): ListApiKeysRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const ListApiKeysRequest: MessageFns<ListApiKeysRequest> = {
-  encode(_: ListApiKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListApiKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -3554,6 +3590,22 @@ export const ListApiKeysRequest: MessageFns<ListApiKeysRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3566,32 +3618,54 @@ export const ListApiKeysRequest: MessageFns<ListApiKeysRequest> = {
     }
   },
 
-  fromJSON(_: any): ListApiKeysRequest {
-    return {};
+  fromJSON(object: any): ListApiKeysRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: ListApiKeysRequest): unknown {
+  toJSON(message: ListApiKeysRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create(base?: DeepPartial<ListApiKeysRequest>): ListApiKeysRequest {
     return ListApiKeysRequest.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<ListApiKeysRequest>): ListApiKeysRequest {
+  fromPartial(object: DeepPartial<ListApiKeysRequest>): ListApiKeysRequest {
     const message = createBaseListApiKeysRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListApiKeysResponse(): ListApiKeysResponse {
-  return { apiKeys: [] };
+  return { apiKeys: [], nextPageToken: "" };
 }
 
 export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
   encode(message: ListApiKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.apiKeys) {
       ApiKey.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -3617,6 +3691,14 @@ export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
             message.apiKeys.push(ApiKey.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3636,6 +3718,11 @@ export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
         : globalThis.Array.isArray(object?.api_keys)
         ? object.api_keys.map((e: any) => ApiKey.fromJSON(e))
         : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -3643,6 +3730,9 @@ export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
     const obj: any = {};
     if (message.apiKeys?.length) {
       obj.apiKeys = message.apiKeys.map((e) => ApiKey.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -3653,6 +3743,7 @@ export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
   fromPartial(object: DeepPartial<ListApiKeysResponse>): ListApiKeysResponse {
     const message = createBaseListApiKeysResponse();
     message.apiKeys = object.apiKeys?.map((e) => ApiKey.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -4307,11 +4398,17 @@ export const GetProjectResponse: MessageFns<GetProjectResponse> = {
 };
 
 function createBaseListProjectsRequest(): ListProjectsRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const ListProjectsRequest: MessageFns<ListProjectsRequest> = {
-  encode(_: ListProjectsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListProjectsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -4328,6 +4425,22 @@ export const ListProjectsRequest: MessageFns<ListProjectsRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4340,32 +4453,54 @@ export const ListProjectsRequest: MessageFns<ListProjectsRequest> = {
     }
   },
 
-  fromJSON(_: any): ListProjectsRequest {
-    return {};
+  fromJSON(object: any): ListProjectsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: ListProjectsRequest): unknown {
+  toJSON(message: ListProjectsRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create(base?: DeepPartial<ListProjectsRequest>): ListProjectsRequest {
     return ListProjectsRequest.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<ListProjectsRequest>): ListProjectsRequest {
+  fromPartial(object: DeepPartial<ListProjectsRequest>): ListProjectsRequest {
     const message = createBaseListProjectsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListProjectsResponse(): ListProjectsResponse {
-  return { projects: [] };
+  return { projects: [], nextPageToken: "" };
 }
 
 export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
   encode(message: ListProjectsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.projects) {
       Project.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -4391,6 +4526,14 @@ export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
             message.projects.push(Project.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4406,6 +4549,11 @@ export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
   fromJSON(object: any): ListProjectsResponse {
     return {
       projects: globalThis.Array.isArray(object?.projects) ? object.projects.map((e: any) => Project.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -4413,6 +4561,9 @@ export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
     const obj: any = {};
     if (message.projects?.length) {
       obj.projects = message.projects.map((e) => Project.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -4423,6 +4574,7 @@ export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
   fromPartial(object: DeepPartial<ListProjectsResponse>): ListProjectsResponse {
     const message = createBaseListProjectsResponse();
     message.projects = object.projects?.map((e) => Project.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -4846,13 +4998,19 @@ export const CreateBranchResponse: MessageFns<CreateBranchResponse> = {
 };
 
 function createBaseListBranchesRequest(): ListBranchesRequest {
-  return { projectId: "" };
+  return { projectId: "", pageSize: 0, pageToken: "" };
 }
 
 export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
   encode(message: ListBranchesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.projectId !== "") {
       writer.uint32(10).string(message.projectId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
     }
     return writer;
   },
@@ -4878,6 +5036,22 @@ export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
             message.projectId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4897,6 +5071,16 @@ export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
         : isSet(object.project_id)
         ? globalThis.String(object.project_id)
         : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -4904,6 +5088,12 @@ export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
     const obj: any = {};
     if (message.projectId !== "") {
       obj.projectId = message.projectId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -4914,18 +5104,23 @@ export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
   fromPartial(object: DeepPartial<ListBranchesRequest>): ListBranchesRequest {
     const message = createBaseListBranchesRequest();
     message.projectId = object.projectId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListBranchesResponse(): ListBranchesResponse {
-  return { branches: [] };
+  return { branches: [], nextPageToken: "" };
 }
 
 export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
   encode(message: ListBranchesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.branches) {
       Branch.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -4951,6 +5146,14 @@ export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
             message.branches.push(Branch.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4966,6 +5169,11 @@ export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
   fromJSON(object: any): ListBranchesResponse {
     return {
       branches: globalThis.Array.isArray(object?.branches) ? object.branches.map((e: any) => Branch.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -4973,6 +5181,9 @@ export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
     const obj: any = {};
     if (message.branches?.length) {
       obj.branches = message.branches.map((e) => Branch.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -4983,6 +5194,7 @@ export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
   fromPartial(object: DeepPartial<ListBranchesResponse>): ListBranchesResponse {
     const message = createBaseListBranchesResponse();
     message.branches = object.branches?.map((e) => Branch.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -5557,7 +5769,7 @@ export const GetEndpointResponse: MessageFns<GetEndpointResponse> = {
 };
 
 function createBaseListEndpointsRequest(): ListEndpointsRequest {
-  return { projectId: "", branchId: "" };
+  return { projectId: "", branchId: "", pageSize: 0, pageToken: "" };
 }
 
 export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
@@ -5567,6 +5779,12 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
     }
     if (message.branchId !== "") {
       writer.uint32(18).string(message.branchId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
     }
     return writer;
   },
@@ -5600,6 +5818,22 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
             message.branchId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5624,6 +5858,16 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
         : isSet(object.branch_id)
         ? globalThis.String(object.branch_id)
         : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -5635,6 +5879,12 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
     if (message.branchId !== "") {
       obj.branchId = message.branchId;
     }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
@@ -5645,18 +5895,23 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
     const message = createBaseListEndpointsRequest();
     message.projectId = object.projectId ?? "";
     message.branchId = object.branchId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListEndpointsResponse(): ListEndpointsResponse {
-  return { endpoints: [] };
+  return { endpoints: [], nextPageToken: "" };
 }
 
 export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
   encode(message: ListEndpointsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.endpoints) {
       Endpoint.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -5682,6 +5937,14 @@ export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
             message.endpoints.push(Endpoint.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5699,6 +5962,11 @@ export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
       endpoints: globalThis.Array.isArray(object?.endpoints)
         ? object.endpoints.map((e: any) => Endpoint.fromJSON(e))
         : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -5706,6 +5974,9 @@ export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
     const obj: any = {};
     if (message.endpoints?.length) {
       obj.endpoints = message.endpoints.map((e) => Endpoint.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -5716,6 +5987,7 @@ export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
   fromPartial(object: DeepPartial<ListEndpointsResponse>): ListEndpointsResponse {
     const message = createBaseListEndpointsResponse();
     message.endpoints = object.endpoints?.map((e) => Endpoint.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -6484,13 +6756,19 @@ export const CreateRoleResponse: MessageFns<CreateRoleResponse> = {
 };
 
 function createBaseListRolesRequest(): ListRolesRequest {
-  return { branchId: "" };
+  return { branchId: "", pageSize: 0, pageToken: "" };
 }
 
 export const ListRolesRequest: MessageFns<ListRolesRequest> = {
   encode(message: ListRolesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.branchId !== "") {
       writer.uint32(10).string(message.branchId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
     }
     return writer;
   },
@@ -6516,6 +6794,22 @@ export const ListRolesRequest: MessageFns<ListRolesRequest> = {
             message.branchId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6535,6 +6829,16 @@ export const ListRolesRequest: MessageFns<ListRolesRequest> = {
         : isSet(object.branch_id)
         ? globalThis.String(object.branch_id)
         : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -6542,6 +6846,12 @@ export const ListRolesRequest: MessageFns<ListRolesRequest> = {
     const obj: any = {};
     if (message.branchId !== "") {
       obj.branchId = message.branchId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -6552,18 +6862,23 @@ export const ListRolesRequest: MessageFns<ListRolesRequest> = {
   fromPartial(object: DeepPartial<ListRolesRequest>): ListRolesRequest {
     const message = createBaseListRolesRequest();
     message.branchId = object.branchId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListRolesResponse(): ListRolesResponse {
-  return { roles: [] };
+  return { roles: [], nextPageToken: "" };
 }
 
 export const ListRolesResponse: MessageFns<ListRolesResponse> = {
   encode(message: ListRolesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.roles) {
       Role.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -6589,6 +6904,14 @@ export const ListRolesResponse: MessageFns<ListRolesResponse> = {
             message.roles.push(Role.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6602,13 +6925,23 @@ export const ListRolesResponse: MessageFns<ListRolesResponse> = {
   },
 
   fromJSON(object: any): ListRolesResponse {
-    return { roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => Role.fromJSON(e)) : [] };
+    return {
+      roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => Role.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
   },
 
   toJSON(message: ListRolesResponse): unknown {
     const obj: any = {};
     if (message.roles?.length) {
       obj.roles = message.roles.map((e) => Role.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -6619,6 +6952,7 @@ export const ListRolesResponse: MessageFns<ListRolesResponse> = {
   fromPartial(object: DeepPartial<ListRolesResponse>): ListRolesResponse {
     const message = createBaseListRolesResponse();
     message.roles = object.roles?.map((e) => Role.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
