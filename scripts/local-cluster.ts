@@ -31,7 +31,7 @@ import { createSpgClient, openChannel, setProcessCredential } from '../src/lib/g
 import { ClientError, Status } from '../src/lib/grpc/errors.js';
 import { ensurePlatformCredentials, readPrivateKey, SelfSigner, type PlatformCredentials } from '../src/lib/grpc/credentials.js';
 import { pingRedis, redisServerBinary, writeRedisConfig, writeRedisPassword } from '../src/lib/redis.js';
-import { ensureLocalCertificates, LOCAL_DOMAIN } from '../src/lib/tls-certs.js';
+import { ensureLocalCertificates, LOCAL_DOMAIN, quietIpServerNameWarning } from '../src/lib/tls-certs.js';
 import { uriWithPassword } from '../src/cli/connection-formats.js';
 import { isAlive } from '../src/lib/process.js';
 import { createChannel, createClient } from 'nice-grpc';
@@ -58,6 +58,7 @@ const redisPasswordFile = path.join(home, 'redis.password');
 
 // Whatever this script and what it starts write (logs, Redis' AOF, keys) is private to this user.
 process.umask(0o077);
+quietIpServerNameWarning();
 
 /** The platform's keys and trust file, made on first use; this script calls as the operator. */
 let platformKeys: PlatformCredentials | null = null;
