@@ -16,6 +16,8 @@ import { DEFAULT_PAGE_SIZE, paginate } from './pages.js';
 
 export { IDEMPOTENT_METHODS, type ClientOptions, type ControlPlaneApi, type RetrySettings, type Spg99CallOptions, type TlsOptions } from './client.js';
 export * from './errors.js';
+/** Metadata of a call (e.g. a per-user `authorization` in a web server). */
+export { Metadata } from 'nice-grpc-common';
 export { withPassword } from './connection-uri.js';
 export { endpointState, stateWord, type WaitOptions, type WantedState } from './endpoints.js';
 export { paginate, DEFAULT_PAGE_SIZE, type Page } from './pages.js';
