@@ -3,7 +3,7 @@
  * over it, the internal API for agents and the gateway, and the endpoint lifecycle (with its reconciler). It keeps no
  * state of its own, so it can be restarted at any time.
  */
-import { buildServer } from '../src/lib/grpc/server.js';
+import { buildServer, serverTlsCredentials } from '../src/lib/grpc/server.js';
 import { ConfigError, parseHostPort } from '../src/lib/config.js';
 import { identitySpec, setupIdentity } from '../src/lib/grpc/identity.js';
 import { issueComputeToken } from '../src/lib/grpc/credentials.js';
@@ -29,6 +29,9 @@ import { computeRoleApplier } from '../src/control-plane/compute-roles.js';
 
 const spec = {
   listen: { kind: 'string', description: 'gRPC address of the public API (API keys; host:port; port 0 picks a free one)', default: '127.0.0.1:7700' },
+  tlsCert: { kind: 'string', description: 'PEM file of the public API\'s TLS certificate (make up\'s is signed by the platform\'s CA); empty: --allow-plaintext', default: '' },
+  tlsKey: { kind: 'string', description: 'PEM file of its private key', default: '' },
+  allowPlaintext: { kind: 'boolean', description: 'serve the public API without TLS (API keys then cross the network readable): a trusted network only', default: false },
   internalListen: {
     kind: 'string',
     description: 'gRPC address of the internal service for agents, the gateway and the provisioner (service credentials; port 0 picks a free one)',
@@ -76,6 +79,11 @@ const spec = {
 
 await runComponent('control-plane', spec, async (config) => {
   parseHostPort(config.listen, '--listen');
+  if (Boolean(config.tlsCert) !== Boolean(config.tlsKey)) throw new ConfigError('--tls-cert and --tls-key go together: give both, or neither (and --allow-plaintext)');
+  if (!config.tlsCert && !config.allowPlaintext) {
+    throw new ConfigError('give --tls-cert and --tls-key for the public API (make up makes them with the platform\'s CA), or --allow-plaintext on a trusted network');
+  }
+  const publicTls = config.tlsCert ? serverTlsCredentials(config.tlsCert, config.tlsKey, { cert: '--tls-cert', key: '--tls-key' }) : undefined;
   const internalAddress = parseHostPort(config.internalListen, '--internal-listen');
   const metricsAddress = parseHostPort(config.metricsListen, '--metrics-listen');
   if (config.pageserver) parseHostPort(config.pageserver, '--pageserver');
@@ -143,7 +151,7 @@ await runComponent('control-plane', spec, async (config) => {
       scramMockSaltSecret: mockSaltSecretOf(signingKey),
     }),
   );
-  const running = await publicServer.listen(config.listen, ['spg99.controlplane.v1.ControlPlaneService']);
+  const running = await publicServer.listen(config.listen, ['spg99.controlplane.v1.ControlPlaneService'], publicTls);
   const internal = await internalServer.listen(config.internalListen, ['spg99.controlplane.v1.ControlPlaneInternalService']);
   const metrics = await serveMetrics(metricsAddress.host, metricsAddress.port);
   if (lifecycle) {
@@ -151,10 +159,11 @@ await runComponent('control-plane', spec, async (config) => {
     lifecycle.startReconciler();
   }
   if (!operatorToken) log.warn('no --operator-token-file: CreateTenant is disabled');
+  if (!publicTls) log.warn('--allow-plaintext: the public API is served without TLS, API keys cross the network readable');
   if (!pageserver) log.warn('no --pageserver: projects are recorded without a timeline');
   if (!lifecycle) log.warn('no --provisioner: endpoints cannot be started');
   // Tests and `make up` read this line to learn the ports.
-  log.info({ grpcPort: running.port, internalPort: internal.port, metricsPort: metrics.port, pageserver: config.pageserver || null, provisioner: config.provisioner || null }, 'control plane ready');
+  log.info({ grpcPort: running.port, tls: publicTls !== undefined, internalPort: internal.port, metricsPort: metrics.port, pageserver: config.pageserver || null, provisioner: config.provisioner || null }, 'control plane ready');
   return {
     log,
     stop: async () => {

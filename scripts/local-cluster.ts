@@ -31,10 +31,11 @@ import { createSpgClient, openChannel, setProcessCredential } from '../src/lib/g
 import { ClientError, Status } from '../src/lib/grpc/errors.js';
 import { ensurePlatformCredentials, readPrivateKey, SelfSigner, type PlatformCredentials } from '../src/lib/grpc/credentials.js';
 import { pingRedis, redisServerBinary, writeRedisConfig, writeRedisPassword } from '../src/lib/redis.js';
-import { ensureLocalCertificates, LOCAL_DOMAIN } from '../src/lib/tls-certs.js';
+import { ensureLocalCertificates, LOCAL_DOMAIN, quietIpServerNameWarning } from '../src/lib/tls-certs.js';
 import { uriWithPassword } from '../src/cli/connection-formats.js';
 import { isAlive } from '../src/lib/process.js';
-import { createClient } from 'nice-grpc';
+import { createChannel, createClient } from 'nice-grpc';
+import { ChannelCredentials } from '@grpc/grpc-js';
 import { HealthDefinition } from 'nice-grpc-server-health';
 import { HealthCheckResponse_ServingStatus } from 'nice-grpc-server-health/lib/proto/grpc/health/v1/health.js';
 import {
@@ -57,6 +58,7 @@ const redisPasswordFile = path.join(home, 'redis.password');
 
 // Whatever this script and what it starts write (logs, Redis' AOF, keys) is private to this user.
 process.umask(0o077);
+quietIpServerNameWarning();
 
 /** The platform's keys and trust file, made on first use; this script calls as the operator. */
 let platformKeys: PlatformCredentials | null = null;
@@ -197,7 +199,8 @@ function seconds(ms: number): string {
  */
 function controlPlaneClients(secret: string) {
   keys();
-  const channel = openChannel(`127.0.0.1:${ports.controlPlane}`);
+  // The public API is TLS with the platform's CA, as every client of it verifies.
+  const channel = createChannel(`127.0.0.1:${ports.controlPlane}`, ChannelCredentials.createSsl(fs.readFileSync(caFile)));
   const internalChannel = openChannel(`127.0.0.1:${ports.controlPlaneInternal}`);
   return {
     api: createSpgClient(ControlPlaneServiceDefinition, channel, undefined, { authorization: `Bearer ${secret}` }),
@@ -272,7 +275,7 @@ function printConnection(credentials: Credentials, connectionUri: string, readin
   console.log(`
 SPG99 is up.
   API key:       export SPG99_API_KEY=${credentials.apiKey}   (kept in ${credentialsFile})
-  CLI:           ${ports.controlPlane === 7700 ? '' : `SPG99_API=127.0.0.1:${ports.controlPlane} `}${cli} projects list   (control plane 127.0.0.1:${ports.controlPlane})
+  CLI:           ${ports.controlPlane === 7700 ? '' : `SPG99_API=127.0.0.1:${ports.controlPlane} `}${cli} projects list   (control plane 127.0.0.1:${ports.controlPlane}, TLS, CA ${caFile})
   Demo project:  ${demo.projectId}, endpoint ${demo.endpointId}, branch ${demo.branchId}
   Connect:       psql "${connectionUri}"
   Gateway:       127.0.0.1:${ports.gateway} (TLS, CA ${caFile}); a stopped endpoint wakes on connect
@@ -426,10 +429,14 @@ async function start(state: ClusterState, started: number, launched: string[]): 
 }
 
 async function startControlPlane(state: ClusterState, safekeepers: string[], record: (name: string, pid: number) => void): Promise<void> {
+  // The public API's certificate: the gateway's (it covers 127.0.0.1), from the same CA clients already trust.
+  const certificates = await ensureLocalCertificates(tlsDir, { domain: LOCAL_DOMAIN });
   const controlPlaneLog = path.join(logDir, 'control-plane.log');
   const controlPlaneOffset = logSize(controlPlaneLog);
   const controlPlane = launchComponent('control-plane', 'control-plane', [
     '--listen', `127.0.0.1:${ports.controlPlane}`,
+    '--tls-cert', certificates.certFile,
+    '--tls-key', certificates.keyFile,
     '--internal-listen', `127.0.0.1:${ports.controlPlaneInternal}`,
     '--redis-url', `redis://127.0.0.1:${ports.redis}`,
     '--redis-password-file', redisPasswordFile,
@@ -561,7 +568,9 @@ async function healthOf(name: string, pid: number): Promise<string> {
     const answer = await pingRedis('127.0.0.1', ports.redis, 2_000, password).catch((error: Error) => `no answer (${error.message})`);
     return answer === '+PONG' ? 'ok (PONG)' : answer;
   }
-  const channel = openChannel(healthAddressOf(name)!);
+  const address = healthAddressOf(name)!;
+  // The control plane's health is asked on its public API, which is TLS with the platform's CA.
+  const channel = name === 'control-plane' ? createChannel(address, ChannelCredentials.createSsl(fs.readFileSync(caFile))) : openChannel(address);
   try {
     const { status } = await createClient(HealthDefinition, channel).check({ service: '' }, { signal: AbortSignal.timeout(2_000) });
     return status === HealthCheckResponse_ServingStatus.SERVING ? 'ok (SERVING)' : `not serving (${HealthCheckResponse_ServingStatus[status]})`;

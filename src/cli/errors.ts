@@ -1,10 +1,10 @@
 /**
  * The CLI's failures and how each becomes the one line it prints: `spg99: <what was wrong>: <what to do>`.
  * A {@link UsageError} (the command line itself is wrong) exits 2; a {@link CliError} (the call or its input
- * failed) exits 1. gRPC failures are turned into CliErrors by {@link describeCallError}, which keeps the server's
- * message and adds the step the user can take.
+ * failed) exits 1. The SDK's typed errors are turned into CliErrors by {@link describeCallError}, which keeps the
+ * server's message and adds the step the user can take.
  */
-import { ClientError, Status } from 'nice-grpc-common';
+import { ApiError, Status, toApiError } from '../../sdk/src/index.js';
 
 /** Exit code: done. */
 export const EXIT_OK = 0;
@@ -50,6 +50,8 @@ export interface CallDescription {
   timeoutMs: number;
   /** Whether the channel gave up connecting (grpc-js' TRANSIENT_FAILURE), when the caller can tell. */
   connectionFailed?: boolean;
+  /** Where the CA the control plane is verified with came from, for a failed TLS handshake. */
+  tlsSource?: string;
 }
 
 /**
@@ -70,13 +72,24 @@ function connectionProblem(details: string): string {
   return cause ?? details.replace(/\.?\s*Resolution note:.*$/, '');
 }
 
-/** Turns a failed control-plane call into the one-line error the user sees. Anything but a ClientError is kept. */
-export function describeCallError(error: unknown, call: CallDescription): unknown {
-  if (!(error instanceof ClientError)) return error;
+/** grpc-js' words when the TLS handshake failed: the certificate is not one the CA trusts, or no TLS was spoken. */
+const TLS_FAILURE = /certificate|CERT_|SSL|TLS|handshake|wrong version number|packet length too long/i;
+
+/** Turns a failed control-plane call into the one-line error the user sees. Anything but an API error is kept. */
+export function describeCallError(failure: unknown, call: CallDescription): unknown {
+  const error = toApiError(failure);
+  if (!(error instanceof ApiError)) return error;
   const details = oneLine(error.details) || Status[error.code];
   const prefix = call.command;
   switch (error.code) {
     case Status.UNAVAILABLE:
+      if ((call.connectionFailed || CONNECTION_FAILURE.test(details)) && TLS_FAILURE.test(details)) {
+        return new CliError(
+          `the control plane at ${call.address} failed the TLS handshake (${connectionProblem(details)}): its certificate must be signed by the CA ` +
+            `the CLI trusts, now ${call.tlsSource ?? 'the system\'s CAs'}; point SPG99_API_CA at the platform's CA file (make up keeps it in .spg99/tls/ca.crt)`,
+          { cause: error },
+        );
+      }
       if (call.connectionFailed || CONNECTION_FAILURE.test(details)) {
         return new CliError(
           `the control plane at ${call.address} is not reachable (${connectionProblem(details)}): is it running (\`make up\`)? ` +

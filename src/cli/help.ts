@@ -59,6 +59,7 @@ export function toolHelp(commands: readonly CommandSpec<unknown>[], version: str
     ...columns([
       ['SPG99_API_KEY', 'the API key every command but `tenants create` sends (authorization: Bearer <secret>)'],
       ['SPG99_API', 'host:port of the control plane (default 127.0.0.1:7700)'],
+      ['SPG99_API_CA', 'CA file its TLS certificate is verified with (default: make up\'s .spg99/tls/ca.crt, else system; plaintext: no TLS)'],
     ]),
     '',
     'Tables are for people; add --json for scripts. Errors are one line on stderr; exit 1 when a call failed, 2 for a',

@@ -7,7 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, parseHostPort } from '../lib/config.js';
-import { ControlPlaneConnection, requireSecret, type ConnectionOptions } from './api.js';
+import { quietIpServerNameWarning } from '../lib/tls-certs.js';
+import { apiTls, ControlPlaneConnection, requireSecret, type ConnectionOptions } from './api.js';
 import { parseCommandLine } from './args.js';
 import { commandName } from './command.js';
 import { COMMANDS, type CommandContext } from './commands.js';
@@ -77,6 +78,7 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, streams: Cl
           credential: credential ? 'operator-token' : 'api-key',
           timeoutMs,
           command: commandName(command),
+          tls: apiTls(env),
         };
         requireSecret(options);
         const connection = new ControlPlaneConnection(options);
@@ -105,6 +107,7 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, streams: Cl
 
 /** The process around {@link runCli}: real streams, a closed pipe (`spg99 ... | head`) is not an error, exit code set. */
 export async function runCliProcess(): Promise<void> {
+  quietIpServerNameWarning();
   process.stdout.on('error', (error: NodeJS.ErrnoException) => {
     if (error.code === 'EPIPE') process.exit(process.exitCode ?? EXIT_OK);
   });

@@ -1,19 +1,15 @@
 /**
- * `--wait` for endpoints start and stop: StartEndpoint and StopEndpoint answer at once, so the CLI polls
- * GetEndpoint until the endpoint reaches the wanted state, fails, or the wait's time is up.
+ * `--wait` for endpoints start and stop: the SDK's wait (GetEndpoint polled until the endpoint reaches the wanted
+ * state, fails, or the time is up), its outcomes worded as the CLI's one-line errors.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
-import { EndpointState, type Endpoint } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import type { EndpointState, Endpoint } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import { EndpointFailedError, WaitTimeoutError } from '../../sdk/src/index.js';
 import type { ControlPlaneConnection } from './api.js';
 import { CliError } from './errors.js';
 import { duration } from './output.js';
-import { endpointStateWord } from './views.js';
-
-/** Time between two GetEndpoint calls. */
-const POLL_INTERVAL_MS = 500;
 
 /**
- * Polls until the endpoint is `target`. Throws CliError when it is FAILED (with its reason) or still elsewhere after
+ * Waits until the endpoint is `target`. Throws CliError when it is FAILED (with its reason) or still elsewhere after
  * `timeoutMs`.
  */
 export async function waitForEndpointState(
@@ -22,23 +18,23 @@ export async function waitForEndpointState(
   target: EndpointState.ENDPOINT_STATE_RUNNING | EndpointState.ENDPOINT_STATE_STOPPED,
   timeoutMs: number,
 ): Promise<Endpoint> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const { endpoint } = await connection.call((client, options) => client.getEndpoint({ endpointId }, options));
-    if (!endpoint) throw new CliError(`endpoints get: the control plane answered no endpoint for ${endpointId}: retry`);
-    if (endpoint.state === target) return endpoint;
-    if (endpoint.state === EndpointState.ENDPOINT_STATE_FAILED) {
+  try {
+    return await connection.client.waitForEndpointState(endpointId, target, { timeoutMs });
+  } catch (error) {
+    if (error instanceof EndpointFailedError) {
       throw new CliError(
-        `endpoint ${endpointId} FAILED: ${endpoint.stateReason || 'no reason given'}: fix the cause and start it again (spg99 endpoints start ${endpointId})`,
+        `endpoint ${endpointId} FAILED: ${error.reason || 'no reason given'}: fix the cause and start it again (spg99 endpoints start ${endpointId})`,
+        { cause: error },
       );
     }
-    if (Date.now() + POLL_INTERVAL_MS > deadline) {
+    if (error instanceof WaitTimeoutError) {
       const waited = duration({ seconds: BigInt(Math.round(timeoutMs / 1000)), nanos: 0 }, '0s');
       throw new CliError(
-        `endpoint ${endpointId} is still ${endpointStateWord(endpoint)} after ${waited}` +
-          `${endpoint.stateReason ? ` (${endpoint.stateReason})` : ''}: check it later with spg99 endpoints get ${endpointId}, or wait longer with --wait-timeout`,
+        `endpoint ${endpointId} is still ${error.lastState} after ${waited}` +
+          `${error.lastReason ? ` (${error.lastReason})` : ''}: check it later with spg99 endpoints get ${endpointId}, or wait longer with --wait-timeout`,
+        { cause: error },
       );
     }
-    await sleep(POLL_INTERVAL_MS);
+    throw connection.describe(error);
   }
 }

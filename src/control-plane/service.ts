@@ -12,6 +12,7 @@ import { createVerifier } from '../lib/scram.js';
 import { formatLsn, maxLsn } from '../lib/lsn.js';
 import { tenantCaller, type AuthContextExtension } from './auth.js';
 import type { Catalog } from './catalog.js';
+import { page } from './paging.js';
 import { API_KEY_SHOWN_PREFIX_CHARS, newApiKeySecret, newId, newRolePassword, newTimelineId } from './ids.js';
 import {
   apiKeyMessage,
@@ -238,9 +239,10 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
       return { apiKey: apiKeyMessage(key.record), secret: key.secret };
     },
 
-    async listApiKeys(_request, context) {
+    async listApiKeys(request, context) {
       const { tenantId } = tenantCaller(context.caller);
-      return { apiKeys: (await catalog.listApiKeys(tenantId)).map(apiKeyMessage) };
+      const { items, nextPageToken } = page(await catalog.listApiKeys(tenantId), (key) => key.keyId, request);
+      return { apiKeys: items.map(apiKeyMessage), nextPageToken };
     },
 
     async revokeApiKey(request, context) {
@@ -328,10 +330,11 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
       return { project: projectMessage(await liveProject(tenantId, projectId)) };
     },
 
-    async listProjects(_request, context) {
+    async listProjects(request, context) {
       const { tenantId } = tenantCaller(context.caller);
-      const projects = await catalog.listProjects(tenantId);
-      return { projects: projects.filter((project) => !project.deleting).map(projectMessage) };
+      const projects = (await catalog.listProjects(tenantId)).filter((project) => !project.deleting);
+      const { items, nextPageToken } = page(projects, (project) => project.projectId, request);
+      return { projects: items.map(projectMessage), nextPageToken };
     },
 
     async deleteProject(request, context) {
@@ -435,9 +438,13 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
       const { tenantId } = tenantCaller(context.caller);
       const projectId = idArgument('project', request.projectId, 'project_id');
       await liveProject(tenantId, projectId);
-      const branches = (await catalog.listBranches(projectId)).filter((branch) => !branch.deleting);
+      const { items: branches, nextPageToken } = page(
+        (await catalog.listBranches(projectId)).filter((branch) => !branch.deleting),
+        (branch) => branch.branchId,
+        request,
+      );
       const sizes = await Promise.all(branches.map((branch) => logicalSize(branch.branchId)));
-      return { branches: branches.map((branch, index) => branchMessage(branch, sizes[index])) };
+      return { branches: branches.map((branch, index) => branchMessage(branch, sizes[index])), nextPageToken };
     },
 
     async getBranch(request, context) {
@@ -502,10 +509,9 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
       const { tenantId } = tenantCaller(context.caller);
       const projectId = idArgument('project', request.projectId, 'project_id');
       await liveProject(tenantId, projectId);
-      const endpoints = await catalog.listEndpoints(projectId);
-      return {
-        endpoints: endpoints.filter((endpoint) => !request.branchId || endpoint.branchId === request.branchId).map((endpoint) => endpointMessage(endpoint, domain)),
-      };
+      const endpoints = (await catalog.listEndpoints(projectId)).filter((endpoint) => !request.branchId || endpoint.branchId === request.branchId);
+      const { items, nextPageToken } = page(endpoints, (endpoint) => endpoint.endpointId, request);
+      return { endpoints: items.map((endpoint) => endpointMessage(endpoint, domain)), nextPageToken };
     },
     async updateEndpoint(request, context) {
       const { tenantId } = tenantCaller(context.caller);
@@ -584,8 +590,9 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
     async listRoles(request, context) {
       const { tenantId } = tenantCaller(context.caller);
       const branch = await tenantBranch(tenantId, branchIdArgument(request.branchId, 'branch_id'));
-      const roles = await catalog.listRoles(branch.branchId);
-      return { roles: roles.sort((a, b) => a.createdAt - b.createdAt || a.name.localeCompare(b.name)).map(roleMessage) };
+      const roles = (await catalog.listRoles(branch.branchId)).sort((a, b) => a.createdAt - b.createdAt || a.name.localeCompare(b.name));
+      const { items, nextPageToken } = page(roles, (role) => role.roleId, request);
+      return { roles: items.map(roleMessage), nextPageToken };
     },
 
     async resetRolePassword(request, context) {

@@ -231,3 +231,19 @@ async function openssl(args: string[]): Promise<void> {
     throw new Error(`openssl ${args[0]} failed: ${(failure.stderr ?? failure.message).trim()}`);
   }
 }
+
+/**
+ * Silences Node's DEP0123 warning in this process. grpc-js names the TLS server by its address, and the local
+ * platform's control plane is 127.0.0.1 (its certificate covers that IP, which is what is verified), so every TLS
+ * call to it would print "Setting the TLS ServerName to an IP address is not permitted" to a user who can do nothing
+ * about it. For command-line programs (spg99, make up); other warnings pass.
+ */
+export function quietIpServerNameWarning(): void {
+  const original = process.emitWarning;
+  process.emitWarning = function (this: unknown, warning: string | Error, ...rest: unknown[]) {
+    const options = rest[0];
+    const code = typeof options === 'object' && options !== null ? (options as { code?: string }).code : rest[1];
+    if (code === 'DEP0123') return;
+    return (original as (...args: unknown[]) => void).call(process, warning, ...rest);
+  } as typeof process.emitWarning;
+}

@@ -2,16 +2,20 @@
  * The control plane under test: started through the harness on a free port against a Redis of the test, with an
  * operator token in a harness directory; restartable on the same port. Clients carry an API key (or the operator
  * token) as `authorization: Bearer <secret>`. The internal service listens apart ({@link ControlPlaneNode.internalAddress}),
- * for service credentials: the test process calls it as the operator.
+ * for service credentials: the test process calls it as the operator. The public API is served with TLS, its
+ * certificate signed by a CA made once per test process ({@link ControlPlaneNode.caFile}).
  */
 import { ClientError } from '../../src/lib/grpc/errors.js';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { ChannelCredentials } from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { createClient, Metadata, type Channel, type Client } from 'nice-grpc';
+import { createChannel, createClient, Metadata, type Channel, type Client } from 'nice-grpc';
 import { ControlPlaneInternalServiceDefinition, ControlPlaneServiceDefinition } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { createSpgClient, openChannel, type SpgClient } from '../../src/lib/grpc/client.js';
 import { freePort } from '../../src/lib/net.js';
+import { ensureLocalCertificates, LOCAL_DOMAIN, type LocalCertificates } from '../../src/lib/tls-certs.js';
 import type { ComponentProcess, Harness, LogLine } from './process.js';
 import { redisPasswordFileFor } from './redis.js';
 
@@ -31,6 +35,20 @@ export interface ControlPlaneOptions {
 
 const READY_MESSAGE = 'control plane ready';
 
+/**
+ * The public API's certificate (and its CA), made once per test process: openssl takes most of a second, and every
+ * control plane of the run may share one, as `make up`'s share the platform's.
+ */
+let certificates: Promise<LocalCertificates> | null = null;
+export function publicApiCertificates(): Promise<LocalCertificates> {
+  if (!certificates) {
+    const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'spg99-api-tls-'));
+    process.once('exit', () => fs.rmSync(directory, { recursive: true, force: true }));
+    certificates = ensureLocalCertificates(directory, { domain: LOCAL_DOMAIN });
+  }
+  return certificates;
+}
+
 export type ControlPlaneClient = Client<typeof ControlPlaneServiceDefinition>;
 
 /** A control-plane process under test. */
@@ -43,6 +61,8 @@ export class ControlPlaneNode {
 
   private constructor(
     private readonly harness: Harness,
+    /** The CA the public API's certificate is signed by (what the CLI's SPG99_API_CA and the SDK's tls.caFile name). */
+    readonly caFile: string,
     private readonly args: string[],
     readonly port: number,
     /** The internal service's port. */
@@ -53,7 +73,7 @@ export class ControlPlaneNode {
     public readyLine: LogLine,
   ) {
     this.operatorToken = operatorToken;
-    this.channel = openChannel(this.address);
+    this.channel = createChannel(this.address, ChannelCredentials.createSsl(fs.readFileSync(caFile)));
     this.internalChannel = openChannel(this.internalAddress);
     harness.defer(() => {
       this.channel.close();
@@ -67,10 +87,13 @@ export class ControlPlaneNode {
     const tokenFile = path.join(directory, 'operator-token');
     fs.writeFileSync(tokenFile, `${operatorToken}\n`, { mode: 0o600 });
     const [port, internalPort] = [await freePort(), await freePort()];
+    const tls = await publicApiCertificates();
     const redisPasswordFile = options.redisPasswordFile ?? redisPasswordFileFor(options.redisUrl);
     const args = [
       '--listen', `127.0.0.1:${port}`,
       '--internal-listen', `127.0.0.1:${internalPort}`,
+      '--tls-cert', tls.certFile,
+      '--tls-key', tls.keyFile,
       ...(redisPasswordFile ? ['--redis-password-file', redisPasswordFile] : []),
       '--metrics-listen', '127.0.0.1:0',
       '--redis-url', options.redisUrl,
@@ -82,7 +105,7 @@ export class ControlPlaneNode {
     ];
     const child = harness.spawn('control-plane', args, { label: 'control-plane', env: options.env, stopFirst: true });
     const ready = await child.waitForLine((line) => line.msg === READY_MESSAGE, { what: `"${READY_MESSAGE}"`, timeoutMs: 30_000 });
-    return new ControlPlaneNode(harness, args, port, internalPort, operatorToken, options, child, ready);
+    return new ControlPlaneNode(harness, tls.caCertFile, args, port, internalPort, operatorToken, options, child, ready);
   }
 
   /** The public API's address (API keys). */

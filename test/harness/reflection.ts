@@ -1,6 +1,8 @@
 /**
  * Server reflection as `grpcurl list` uses it: the services a server lists (grpc.reflection.v1).
  */
+import fs from 'node:fs';
+import { ChannelCredentials } from '@grpc/grpc-js';
 import { createChannel, createClient, Metadata } from 'nice-grpc';
 import { currentProcessToken } from '../../src/lib/grpc/client.js';
 import { CREDENTIAL_METADATA } from '../../src/lib/grpc/credentials.js';
@@ -8,9 +10,9 @@ import './credentials.js';
 import { ServerReflectionService } from 'nice-grpc-server-reflection';
 import reflectionMessages from 'nice-grpc-server-reflection/lib/proto/grpc/reflection/v1/reflection_pb.js';
 
-/** The services `address` lists through server reflection. */
-export async function reflectedServices(address: string): Promise<string[]> {
-  const channel = createChannel(address);
+/** The services `address` lists through server reflection (over TLS verified with `caFile` when given). */
+export async function reflectedServices(address: string, caFile?: string): Promise<string[]> {
+  const channel = createChannel(address, caFile ? ChannelCredentials.createSsl(fs.readFileSync(caFile)) : undefined);
   try {
     const reflection = createClient(ServerReflectionService, channel);
     const request = new reflectionMessages.ServerReflectionRequest();

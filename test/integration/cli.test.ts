@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { expect } from 'chai';
 import { formatLsn } from '../../src/lib/lsn.js';
 import { freePort } from '../../src/lib/net.js';
+import { ensureLocalCertificates, LOCAL_DOMAIN } from '../../src/lib/tls-certs.js';
 import { REPO_ROOT, useHarness } from '../harness/process.js';
 import { RedisNode } from '../harness/redis.js';
 import { ControlPlaneNode } from '../harness/control-plane.js';
@@ -30,6 +31,8 @@ function runCli(args: string[], env: Record<string, string | undefined> = {}): P
   const base = { ...process.env };
   delete base.SPG99_API;
   delete base.SPG99_API_KEY;
+  delete base.SPG99_API_CA;
+  delete base.SPG99_HOME;
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -100,7 +103,7 @@ describe('spg99 CLI (real control plane, real Redis)', function () {
 
   /** Runs the CLI against the control plane under test, with `apiKey` in SPG99_API_KEY. */
   function spg99(args: string[], apiKey?: string, env: Record<string, string> = {}): Promise<CliResult> {
-    return runCli(args, { SPG99_API: controlPlane.address, ...(apiKey === undefined ? {} : { SPG99_API_KEY: apiKey }), ...env });
+    return runCli(args, { SPG99_API: controlPlane.address, SPG99_API_CA: controlPlane.caFile, ...(apiKey === undefined ? {} : { SPG99_API_KEY: apiKey }), ...env });
   }
 
   /** A new tenant (through the generated client, as the operator): its admin key's secret. */
@@ -277,6 +280,17 @@ describe('spg99 CLI (real control plane, real Redis)', function () {
       failedWith(result, 1, `the control plane at ${address} is not reachable`, 'ECONNREFUSED', 'make up');
       // --api overrides SPG99_API.
       failedWith(await runCli(['projects', 'list', '--api', address], { SPG99_API: controlPlane.address, SPG99_API_KEY: 'x' }), 1, address);
+    });
+
+    it('verifies the control plane\'s certificate: another CA, or no TLS at all, fails in one line naming SPG99_API_CA', async () => {
+      const admin = await newTenant('tls');
+      // The right CA works (every other test here passes it too).
+      succeeded(await spg99(['tenants', 'get'], admin));
+      const otherCa = await ensureLocalCertificates(path.join(harness().tempDir('other-ca').path, 'tls'), { domain: LOCAL_DOMAIN });
+      failedWith(await spg99(['tenants', 'get'], admin, { SPG99_API_CA: otherCa.caCertFile }), 1, 'failed the TLS handshake', otherCa.caCertFile, 'SPG99_API_CA');
+      // A client that speaks plaintext to it gets no answer: the public API never serves the key in the clear.
+      failedWith(await spg99(['tenants', 'get'], admin, { SPG99_API_CA: 'plaintext' }), 1, controlPlane.address);
+      failedWith(await spg99(['tenants', 'get'], admin, { SPG99_API_CA: '/nonexistent/ca.crt' }), 1, 'SPG99_API_CA /nonexistent/ca.crt does not exist');
     });
 
     it('lists and shows endpoints; starting one on a control plane without a provisioner fails with its message', async () => {

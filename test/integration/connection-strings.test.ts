@@ -222,7 +222,7 @@ describe('connection strings, as handed out, with verified TLS and no resolvable
     endpointId = platform.endpointId;
     owner = platform.owner;
     const key = await platform.api.createApiKey({ name: 'connection-strings', scope: ApiKeyScope.API_KEY_SCOPE_ADMIN });
-    apiEnv = cleanEnvironment({ SPG99_API: platform.controlPlane.address, SPG99_API_KEY: key.secret });
+    apiEnv = cleanEnvironment({ SPG99_API: platform.controlPlane.address, SPG99_API_CA: platform.controlPlane.caFile, SPG99_API_KEY: key.secret });
     for (const name of ['app', 'app_keyword', 'app_env', 'app_jdbc']) {
       roles[name] = (await platform.api.createRole({ branchId: platform.project.defaultBranch!.branchId, name })).password;
     }

@@ -3,9 +3,11 @@
  * without secrets, revoked, scoped), tenant isolation, input validation, projects (with and without a pageserver),
  * and a catalog that survives restarts of the control plane and a kill -9 of Redis.
  */
+import fs from 'node:fs';
 import { expect } from 'chai';
+import { ChannelCredentials } from '@grpc/grpc-js';
+import { createChannel } from 'nice-grpc';
 import { ClientError, Status } from '../../src/lib/grpc/errors.js';
-import { openChannel } from '../../src/lib/grpc/client.js';
 import { ApiKeyScope, EndpointState, type CreateProjectResponse, type Project } from '../../gen/spg99/controlplane/v1/controlplane.js';
 import { useHarness, waitFor, grpcHealthStatus, HealthCheckResponse_ServingStatus } from '../harness/process.js';
 import { reflectedServices } from '../harness/reflection.js';
@@ -41,15 +43,15 @@ describe('control plane (real process, real Redis)', function () {
     });
 
     it('answers health and lists its services through reflection', async () => {
-      const channel = openChannel(controlPlane.address);
+      const channel = createChannel(controlPlane.address, ChannelCredentials.createSsl(fs.readFileSync(controlPlane.caFile)));
       try {
         expect(await grpcHealthStatus(channel)).to.equal(HealthCheckResponse_ServingStatus.SERVING);
       } finally {
         channel.close();
       }
-      expect(await reflectedServices(controlPlane.address)).to.include.members(['spg99.controlplane.v1.ControlPlaneService', 'grpc.health.v1.Health']);
+      expect(await reflectedServices(controlPlane.address, controlPlane.caFile)).to.include.members(['spg99.controlplane.v1.ControlPlaneService', 'grpc.health.v1.Health']);
       // The internal service listens apart, for service credentials only.
-      expect(await reflectedServices(controlPlane.address)).not.to.include('spg99.controlplane.v1.ControlPlaneInternalService');
+      expect(await reflectedServices(controlPlane.address, controlPlane.caFile)).not.to.include('spg99.controlplane.v1.ControlPlaneInternalService');
       expect(await reflectedServices(controlPlane.internalAddress)).to.include.members(['spg99.controlplane.v1.ControlPlaneInternalService', 'grpc.health.v1.Health']);
       expect(controlPlane.readyLine.grpcPort).to.equal(controlPlane.port);
     });

@@ -22,6 +22,14 @@ describe('CLI call errors', () => {
     expect(described('Connection dropped')).to.match(/^the control plane at 127\.0\.0\.1:7700 is not reachable \(Connection dropped\)/);
   });
 
+  it('says the TLS handshake failed, and which CA the CLI trusted, when the certificate is not the platform CA\'s', () => {
+    const error = describeCallError(
+      new ClientError('/spg99.controlplane.v1.ControlPlaneService/ListProjects', Status.UNAVAILABLE, 'No connection established. Last error: Error: self-signed certificate in certificate chain'),
+      { ...CALL, tlsSource: 'the system\'s CAs' },
+    );
+    expect((error as CliError).message).to.match(/^the control plane at 127\.0\.0\.1:7700 failed the TLS handshake \(.*self-signed certificate.*\): .*now the system's CAs; point SPG99_API_CA at/);
+  });
+
   it('keeps the control plane\'s own UNAVAILABLE answer, even when it quotes a dropped connection further on', () => {
     const details = 'the pageserver did not answer while creating the branch\'s timeline tl-1: /spg99.pageserver.v1.TimelineService/BranchTimeline UNAVAILABLE: Connection dropped; retry';
     expect(described(details)).to.equal(`branches create: ${details}: the control plane is temporarily unavailable; retry in a moment`);

@@ -9,7 +9,8 @@ import { createServer, type Server, type CallContext, type ServerMiddlewareCall,
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import { isAbortError } from 'abort-controller-x';
-import { ServerInterceptingCall, status as grpcStatus, type ServerInterceptor } from '@grpc/grpc-js';
+import { ServerCredentials, ServerInterceptingCall, status as grpcStatus, type ServerInterceptor } from '@grpc/grpc-js';
+import { ConfigError } from '../config.js';
 import { DEADLINE_METADATA } from './client.js';
 import { CREDENTIAL_METADATA, CredentialError, type Claims, type TokenVerifier } from './credentials.js';
 import { checkRole, checkScope, isOpenMethod } from './auth-policy.js';
@@ -181,11 +182,11 @@ export function buildServer(log: Logger, authentication: ServerAuthentication) {
   const health = HealthState();
   return {
     server,
-    /** Adds health and reflection for `serviceNames`, listens, and returns the running server. */
-    async listen(address: string, serviceNames: string[]): Promise<RunningServer> {
+    /** Adds health and reflection for `serviceNames`, listens (with TLS when `credentials` say), and returns the running server. */
+    async listen(address: string, serviceNames: string[], credentials?: ServerCredentials): Promise<RunningServer> {
       server.add(HealthDefinition, HealthServiceImpl(health));
       server.add(ServerReflectionService, ServerReflection(loadDescriptorSet(), [...serviceNames, 'grpc.health.v1.Health']));
-      const port = await server.listen(address);
+      const port = await server.listen(address, credentials);
       return {
         port,
         health,
@@ -206,4 +207,20 @@ export function buildServer(log: Logger, authentication: ServerAuthentication) {
       };
     },
   };
+}
+
+/**
+ * TLS for a listener from a PEM certificate (chain) and its key, e.g. the control plane's public API with a
+ * certificate of the platform's CA. ConfigError, naming the flag, when a file cannot be read.
+ */
+export function serverTlsCredentials(certFile: string, keyFile: string, flags: { cert: string; key: string }): ServerCredentials {
+  const read = (file: string, flag: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (error) {
+      throw new ConfigError(`${flag} ${file} cannot be read (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}): give the PEM file`);
+    }
+  };
+  // No client certificates: the public API's callers prove who they are with API keys.
+  return ServerCredentials.createSsl(null, [{ cert_chain: read(certFile, flags.cert), private_key: read(keyFile, flags.key) }], false);
 }

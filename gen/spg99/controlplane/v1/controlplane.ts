@@ -484,10 +484,16 @@ export interface CreateApiKeyResponse {
 }
 
 export interface ListApiKeysRequest {
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListApiKeysResponse {
   apiKeys: ApiKey[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface RevokeApiKeyRequest {
@@ -536,10 +542,16 @@ export interface GetProjectResponse {
 }
 
 export interface ListProjectsRequest {
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListProjectsResponse {
   projects: Project[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface DeleteProjectRequest {
@@ -577,10 +589,16 @@ export interface CreateBranchResponse {
 
 export interface ListBranchesRequest {
   projectId: string;
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListBranchesResponse {
   branches: Branch[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface GetBranchRequest {
@@ -620,10 +638,16 @@ export interface ListEndpointsRequest {
   projectId: string;
   /** Only the endpoints of this branch; empty for all of the project's. */
   branchId: string;
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListEndpointsResponse {
   endpoints: Endpoint[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface UpdateEndpointRequest {
@@ -681,10 +705,16 @@ export interface CreateRoleResponse {
 
 export interface ListRolesRequest {
   branchId: string;
+  /** The most items to answer; 0: all of them, in the order the service keeps (paging walks them by id). */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty: the first page. */
+  pageToken: string;
 }
 
 export interface ListRolesResponse {
   roles: Role[];
+  /** Pass as page_token for the next page; empty when this was the last one (or page_size was 0). */
+  nextPageToken: string;
 }
 
 export interface ResetRolePasswordRequest {
@@ -3567,11 +3597,17 @@ export const CreateApiKeyResponse: MessageFns<CreateApiKeyResponse> = {
 };
 
 function createBaseListApiKeysRequest(): ListApiKeysRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const ListApiKeysRequest: MessageFns<ListApiKeysRequest> = {
-  encode(_: ListApiKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListApiKeysRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -3588,6 +3624,22 @@ export const ListApiKeysRequest: MessageFns<ListApiKeysRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3600,32 +3652,54 @@ export const ListApiKeysRequest: MessageFns<ListApiKeysRequest> = {
     }
   },
 
-  fromJSON(_: any): ListApiKeysRequest {
-    return {};
+  fromJSON(object: any): ListApiKeysRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: ListApiKeysRequest): unknown {
+  toJSON(message: ListApiKeysRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create(base?: DeepPartial<ListApiKeysRequest>): ListApiKeysRequest {
     return ListApiKeysRequest.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<ListApiKeysRequest>): ListApiKeysRequest {
+  fromPartial(object: DeepPartial<ListApiKeysRequest>): ListApiKeysRequest {
     const message = createBaseListApiKeysRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListApiKeysResponse(): ListApiKeysResponse {
-  return { apiKeys: [] };
+  return { apiKeys: [], nextPageToken: "" };
 }
 
 export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
   encode(message: ListApiKeysResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.apiKeys) {
       ApiKey.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -3651,6 +3725,14 @@ export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
             message.apiKeys.push(ApiKey.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3670,6 +3752,11 @@ export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
         : globalThis.Array.isArray(object?.api_keys)
         ? object.api_keys.map((e: any) => ApiKey.fromJSON(e))
         : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -3677,6 +3764,9 @@ export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
     const obj: any = {};
     if (message.apiKeys?.length) {
       obj.apiKeys = message.apiKeys.map((e) => ApiKey.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -3687,6 +3777,7 @@ export const ListApiKeysResponse: MessageFns<ListApiKeysResponse> = {
   fromPartial(object: DeepPartial<ListApiKeysResponse>): ListApiKeysResponse {
     const message = createBaseListApiKeysResponse();
     message.apiKeys = object.apiKeys?.map((e) => ApiKey.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -4341,11 +4432,17 @@ export const GetProjectResponse: MessageFns<GetProjectResponse> = {
 };
 
 function createBaseListProjectsRequest(): ListProjectsRequest {
-  return {};
+  return { pageSize: 0, pageToken: "" };
 }
 
 export const ListProjectsRequest: MessageFns<ListProjectsRequest> = {
-  encode(_: ListProjectsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: ListProjectsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pageSize !== 0) {
+      writer.uint32(8).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(18).string(message.pageToken);
+    }
     return writer;
   },
 
@@ -4362,6 +4459,22 @@ export const ListProjectsRequest: MessageFns<ListProjectsRequest> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4374,32 +4487,54 @@ export const ListProjectsRequest: MessageFns<ListProjectsRequest> = {
     }
   },
 
-  fromJSON(_: any): ListProjectsRequest {
-    return {};
+  fromJSON(object: any): ListProjectsRequest {
+    return {
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
-  toJSON(_: ListProjectsRequest): unknown {
+  toJSON(message: ListProjectsRequest): unknown {
     const obj: any = {};
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
   create(base?: DeepPartial<ListProjectsRequest>): ListProjectsRequest {
     return ListProjectsRequest.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<ListProjectsRequest>): ListProjectsRequest {
+  fromPartial(object: DeepPartial<ListProjectsRequest>): ListProjectsRequest {
     const message = createBaseListProjectsRequest();
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListProjectsResponse(): ListProjectsResponse {
-  return { projects: [] };
+  return { projects: [], nextPageToken: "" };
 }
 
 export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
   encode(message: ListProjectsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.projects) {
       Project.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -4425,6 +4560,14 @@ export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
             message.projects.push(Project.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4440,6 +4583,11 @@ export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
   fromJSON(object: any): ListProjectsResponse {
     return {
       projects: globalThis.Array.isArray(object?.projects) ? object.projects.map((e: any) => Project.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -4447,6 +4595,9 @@ export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
     const obj: any = {};
     if (message.projects?.length) {
       obj.projects = message.projects.map((e) => Project.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -4457,6 +4608,7 @@ export const ListProjectsResponse: MessageFns<ListProjectsResponse> = {
   fromPartial(object: DeepPartial<ListProjectsResponse>): ListProjectsResponse {
     const message = createBaseListProjectsResponse();
     message.projects = object.projects?.map((e) => Project.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -4880,13 +5032,19 @@ export const CreateBranchResponse: MessageFns<CreateBranchResponse> = {
 };
 
 function createBaseListBranchesRequest(): ListBranchesRequest {
-  return { projectId: "" };
+  return { projectId: "", pageSize: 0, pageToken: "" };
 }
 
 export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
   encode(message: ListBranchesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.projectId !== "") {
       writer.uint32(10).string(message.projectId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
     }
     return writer;
   },
@@ -4912,6 +5070,22 @@ export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
             message.projectId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4931,6 +5105,16 @@ export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
         : isSet(object.project_id)
         ? globalThis.String(object.project_id)
         : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -4938,6 +5122,12 @@ export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
     const obj: any = {};
     if (message.projectId !== "") {
       obj.projectId = message.projectId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -4948,18 +5138,23 @@ export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
   fromPartial(object: DeepPartial<ListBranchesRequest>): ListBranchesRequest {
     const message = createBaseListBranchesRequest();
     message.projectId = object.projectId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListBranchesResponse(): ListBranchesResponse {
-  return { branches: [] };
+  return { branches: [], nextPageToken: "" };
 }
 
 export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
   encode(message: ListBranchesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.branches) {
       Branch.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -4985,6 +5180,14 @@ export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
             message.branches.push(Branch.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5000,6 +5203,11 @@ export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
   fromJSON(object: any): ListBranchesResponse {
     return {
       branches: globalThis.Array.isArray(object?.branches) ? object.branches.map((e: any) => Branch.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -5007,6 +5215,9 @@ export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
     const obj: any = {};
     if (message.branches?.length) {
       obj.branches = message.branches.map((e) => Branch.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -5017,6 +5228,7 @@ export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
   fromPartial(object: DeepPartial<ListBranchesResponse>): ListBranchesResponse {
     const message = createBaseListBranchesResponse();
     message.branches = object.branches?.map((e) => Branch.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -5591,7 +5803,7 @@ export const GetEndpointResponse: MessageFns<GetEndpointResponse> = {
 };
 
 function createBaseListEndpointsRequest(): ListEndpointsRequest {
-  return { projectId: "", branchId: "" };
+  return { projectId: "", branchId: "", pageSize: 0, pageToken: "" };
 }
 
 export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
@@ -5601,6 +5813,12 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
     }
     if (message.branchId !== "") {
       writer.uint32(18).string(message.branchId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
     }
     return writer;
   },
@@ -5634,6 +5852,22 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
             message.branchId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5658,6 +5892,16 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
         : isSet(object.branch_id)
         ? globalThis.String(object.branch_id)
         : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -5669,6 +5913,12 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
     if (message.branchId !== "") {
       obj.branchId = message.branchId;
     }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
     return obj;
   },
 
@@ -5679,18 +5929,23 @@ export const ListEndpointsRequest: MessageFns<ListEndpointsRequest> = {
     const message = createBaseListEndpointsRequest();
     message.projectId = object.projectId ?? "";
     message.branchId = object.branchId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListEndpointsResponse(): ListEndpointsResponse {
-  return { endpoints: [] };
+  return { endpoints: [], nextPageToken: "" };
 }
 
 export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
   encode(message: ListEndpointsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.endpoints) {
       Endpoint.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -5716,6 +5971,14 @@ export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
             message.endpoints.push(Endpoint.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5733,6 +5996,11 @@ export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
       endpoints: globalThis.Array.isArray(object?.endpoints)
         ? object.endpoints.map((e: any) => Endpoint.fromJSON(e))
         : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
     };
   },
 
@@ -5740,6 +6008,9 @@ export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
     const obj: any = {};
     if (message.endpoints?.length) {
       obj.endpoints = message.endpoints.map((e) => Endpoint.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -5750,6 +6021,7 @@ export const ListEndpointsResponse: MessageFns<ListEndpointsResponse> = {
   fromPartial(object: DeepPartial<ListEndpointsResponse>): ListEndpointsResponse {
     const message = createBaseListEndpointsResponse();
     message.endpoints = object.endpoints?.map((e) => Endpoint.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -6518,13 +6790,19 @@ export const CreateRoleResponse: MessageFns<CreateRoleResponse> = {
 };
 
 function createBaseListRolesRequest(): ListRolesRequest {
-  return { branchId: "" };
+  return { branchId: "", pageSize: 0, pageToken: "" };
 }
 
 export const ListRolesRequest: MessageFns<ListRolesRequest> = {
   encode(message: ListRolesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.branchId !== "") {
       writer.uint32(10).string(message.branchId);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
     }
     return writer;
   },
@@ -6550,6 +6828,22 @@ export const ListRolesRequest: MessageFns<ListRolesRequest> = {
             message.branchId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6569,6 +6863,16 @@ export const ListRolesRequest: MessageFns<ListRolesRequest> = {
         : isSet(object.branch_id)
         ? globalThis.String(object.branch_id)
         : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
     };
   },
 
@@ -6576,6 +6880,12 @@ export const ListRolesRequest: MessageFns<ListRolesRequest> = {
     const obj: any = {};
     if (message.branchId !== "") {
       obj.branchId = message.branchId;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -6586,18 +6896,23 @@ export const ListRolesRequest: MessageFns<ListRolesRequest> = {
   fromPartial(object: DeepPartial<ListRolesRequest>): ListRolesRequest {
     const message = createBaseListRolesRequest();
     message.branchId = object.branchId ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListRolesResponse(): ListRolesResponse {
-  return { roles: [] };
+  return { roles: [], nextPageToken: "" };
 }
 
 export const ListRolesResponse: MessageFns<ListRolesResponse> = {
   encode(message: ListRolesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.roles) {
       Role.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
     }
     return writer;
   },
@@ -6623,6 +6938,14 @@ export const ListRolesResponse: MessageFns<ListRolesResponse> = {
             message.roles.push(Role.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6636,13 +6959,23 @@ export const ListRolesResponse: MessageFns<ListRolesResponse> = {
   },
 
   fromJSON(object: any): ListRolesResponse {
-    return { roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => Role.fromJSON(e)) : [] };
+    return {
+      roles: globalThis.Array.isArray(object?.roles) ? object.roles.map((e: any) => Role.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
   },
 
   toJSON(message: ListRolesResponse): unknown {
     const obj: any = {};
     if (message.roles?.length) {
       obj.roles = message.roles.map((e) => Role.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
     }
     return obj;
   },
@@ -6653,6 +6986,7 @@ export const ListRolesResponse: MessageFns<ListRolesResponse> = {
   fromPartial(object: DeepPartial<ListRolesResponse>): ListRolesResponse {
     const message = createBaseListRolesResponse();
     message.roles = object.roles?.map((e) => Role.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
