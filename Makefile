@@ -15,7 +15,7 @@ node_modules/.installed: package.json package-lock.json
 
 install: node_modules/.installed ## Installs npm packages (and hydrates the Postgres binaries' library links)
 
-system-deps: ## Installs missing Debian packages (psql, pgbench, redis-server) and the user Postgres runs as
+system-deps: ## Installs missing Debian packages (psql, pgbench, redis-server, chromium) and the user Postgres runs as
 	@bash scripts/system-deps.sh
 
 gen: install ## Regenerates gen/ from proto/ (buf + ts-proto)

@@ -4,7 +4,6 @@
  * privileged credential). It is deliberately the one place that knows the transport, so that the console can move
  * to the `@spg99/sdk` client by rewriting this file alone.
  */
-import { Metadata } from 'nice-grpc';
 import type { Channel } from 'nice-grpc';
 import { ClientError, Status } from 'nice-grpc-common';
 import { ControlPlaneServiceDefinition } from '../../gen/spg99/controlplane/v1/controlplane.js';
@@ -110,7 +109,8 @@ function present<T>(value: T | undefined, what: string): T {
 }
 
 function sessionOf(client: Client, timeoutMs: number): PlatformSession {
-  const options = () => ({ deadline: timeoutMs, metadata: Metadata() });
+  // No metadata here: per-call metadata would replace the client's default, which carries the API key.
+  const options = () => ({ deadline: timeoutMs });
   return {
     getTenant: () => call(async () => present((await client.getTenant({}, options())).tenant, 'the tenant')),
     listApiKeys: () => call(async () => (await client.listApiKeys({}, options())).apiKeys),
