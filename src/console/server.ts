@@ -255,7 +255,7 @@ export class ConsoleServer {
       message = 'the console failed unexpectedly; see its log';
     }
     if (request.url.pathname.endsWith('.json')) return json({ error: message }, status);
-    const back = request.method === 'POST' ? request.form.get('back') ?? backOf(request.url.pathname) : null;
+    const back = request.method === 'POST' ? localPath(request.form.get('back')) ?? backOf(request.url.pathname) : null;
     if (back && back !== request.url.pathname) {
       const target = this.routes.find((candidate) => candidate.method === 'GET' && candidate.pattern.test(back));
       if (target) {
@@ -365,7 +365,7 @@ export class ConsoleServer {
     });
     this.route('POST', '/roles/:id/delete', async (request, [roleId]) => {
       await request.platform.deleteRole(roleId!);
-      return redirect(`/branches/${request.form.get('branch') ?? ''}`);
+      return redirect(localPath(`/branches/${request.form.get('branch') ?? ''}`) ?? '/');
     });
 
     this.route('GET', '/endpoints/:id', async (request, [endpointId]) => {
@@ -403,11 +403,11 @@ export class ConsoleServer {
     });
     this.route('POST', '/endpoints/:id/start', async (request, [endpointId]) => {
       await request.platform.startEndpoint(endpointId!);
-      return redirect(request.form.get('back') ?? `/endpoints/${endpointId}`);
+      return redirect(localPath(request.form.get('back')) ?? `/endpoints/${endpointId}`);
     });
     this.route('POST', '/endpoints/:id/stop', async (request, [endpointId]) => {
       await request.platform.stopEndpoint(endpointId!);
-      return redirect(request.form.get('back') ?? `/endpoints/${endpointId}`);
+      return redirect(localPath(request.form.get('back')) ?? `/endpoints/${endpointId}`);
     });
     this.route('POST', '/endpoints/:id/settings', async (request, [endpointId]) => {
       const { settings, paths } = settingsFrom(request.form);
@@ -438,6 +438,11 @@ export class ConsoleServer {
       return redirect('/keys');
     });
   }
+}
+
+/** A path of this console (never another site's URL: `back` comes from a form). */
+function localPath(value: string | null): string | null {
+  return value !== null && /^\/[a-z0-9/-]*$/.test(value) && !value.startsWith('//') ? value : null;
 }
 
 /** The page a failed change is shown on. */

@@ -168,20 +168,22 @@ function stateBadge(endpoint: Endpoint): Html {
   return html`<span class="state state-${state.toLowerCase()}" data-endpoint="${endpoint.endpointId}" data-field="state" role="status" aria-live="polite">${state}</span>`;
 }
 
-function endpointsTable(context: PageContext, endpoints: Endpoint[], branches: Branch[]): Html {
+function endpointsTable(context: PageContext, endpoints: Endpoint[], branches: Branch[], back: string): Html {
   if (endpoints.length === 0) return html`<p class="empty">No endpoints. Open a branch to create one.</p>`;
   const names = new Map(branches.map((branch) => [branch.branchId, branch.name]));
   return html`<table><caption class="sr-only">Endpoints</caption><thead><tr><th scope="col">Endpoint</th><th scope="col">Branch</th><th scope="col">State</th><th scope="col">Why</th>${context.user?.readOnly ? '' : html`<th scope="col">Actions</th>`}</tr></thead><tbody>
 ${endpoints.map(
   (endpoint) => html`<tr><td><a class="mono" href="/endpoints/${endpoint.endpointId}">${endpoint.endpointId}</a></td><td>${names.get(endpoint.branchId) ?? endpoint.branchId}</td>
 <td>${stateBadge(endpoint)}</td><td data-endpoint="${endpoint.endpointId}" data-field="reason">${endpoint.stateReason}</td>
-${context.user?.readOnly ? '' : html`<td>${startStop(context, endpoint)}</td>`}</tr>`,
+${context.user?.readOnly ? '' : html`<td>${startStop(context, endpoint, back)}</td>`}</tr>`,
 )}</tbody></table>`;
 }
 
-function startStop(context: PageContext, endpoint: Endpoint): Html {
-  return html`<div class="actions">${form(context, `/endpoints/${endpoint.endpointId}/start`, html`<button type="submit">Start</button>`, raw('class="inline"'))}
-${form(context, `/endpoints/${endpoint.endpointId}/stop`, html`<button type="submit">Stop</button>`, raw('class="inline"'))}</div>`;
+/** Start and stop; `back` is the page to return to (the endpoint's own by default). */
+function startStop(context: PageContext, endpoint: Endpoint, back?: string): Html {
+  const backField = back ? html`<input type="hidden" name="back" value="${back}">` : '';
+  return html`<div class="actions">${form(context, `/endpoints/${endpoint.endpointId}/start`, html`${backField}<button type="submit">Start</button>`, raw('class="inline"'))}
+${form(context, `/endpoints/${endpoint.endpointId}/stop`, html`${backField}<button type="submit">Stop</button>`, raw('class="inline"'))}</div>`;
 }
 
 export function projectPage(context: PageContext, project: Project, branches: Branch[], endpoints: Endpoint[]): string {
@@ -193,7 +195,7 @@ export function projectPage(context: PageContext, project: Project, branches: Br
     html`<p class="crumbs"><a href="/">Projects</a> /</p>
 <h1>${project.name} <span class="mono muted">${project.projectId}</span></h1>
 <p>Region ${project.region}, PostgreSQL ${project.pgMajorVersion}, created ${when(project.createdAt)}.</p>
-<section aria-labelledby="endpoints"><h2 id="endpoints">Endpoints</h2>${endpointsTable(context, endpoints, branches)}</section>
+<section aria-labelledby="endpoints"><h2 id="endpoints">Endpoints</h2>${endpointsTable(context, endpoints, branches, `/projects/${project.projectId}`)}</section>
 <section aria-labelledby="branches"><h2 id="branches">Branches</h2>${branches.length ? branchTree(branches, endpoints) : html`<p class="empty">No branches.</p>`}</section>
 ${
   readOnly
@@ -238,7 +240,7 @@ export function branchPage(context: PageContext, project: Project, branch: Branc
 <h1>Branch ${branch.name} <span class="mono muted">${branch.branchId}</span></h1>
 <p>${branch.parentBranchId ? html`From ${branches.find((other) => other.branchId === branch.parentBranchId)?.name ?? branch.parentBranchId} at LSN <span class="mono">${formatLsn(branch.parentLsn)}</span>.` : 'The project\'s default branch.'} ${bytes(branch.logicalSizeBytes)}, created ${when(branch.createdAt)}.</p>
 <section aria-labelledby="endpoint"><h2 id="endpoint">Endpoint</h2>
-${endpoints.length ? endpointsTable(context, endpoints, branches) : html`<p class="empty">This branch has no endpoint, so nobody can connect to it.${readOnly ? '' : ' Create one:'}</p>
+${endpoints.length ? endpointsTable(context, endpoints, branches, `/branches/${branch.branchId}`) : html`<p class="empty">This branch has no endpoint, so nobody can connect to it.${readOnly ? '' : ' Create one:'}</p>
 ${readOnly ? '' : form(context, `/branches/${branch.branchId}/endpoints`, html`<button type="submit">Create endpoint</button>`)}`}
 </section>
 <section aria-labelledby="roles"><h2 id="roles">Roles</h2>
@@ -308,7 +310,7 @@ export function endpointPage(context: PageContext, project: Project, branch: Bra
 <dt>Writer term</dt><dd class="mono" data-endpoint="${id}" data-field="term">${String(endpoint.writerTerm)}</dd>
 <dt>Host</dt><dd class="mono">${endpoint.host}</dd></dl>
 ${readOnly ? '' : startStop(context, endpoint)}
-${monitoring ? html`<p><a href="/endpoints/${id}/monitoring">Monitoring</a></p>` : html`<p><a href="/endpoints/${id}/monitoring">Monitoring</a></p>`}
+<p><a href="/endpoints/${id}/monitoring">Monitoring</a>${monitoring ? '' : html` <span class="muted">(off: no Prometheus)</span>`}</p>
 </section>
 <section aria-labelledby="connect"><h2 id="connect">Connect</h2>
 ${

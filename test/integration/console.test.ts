@@ -55,6 +55,8 @@ describe('console in a real browser (chromium, real platform)', function () {
   let adminKey: string;
   let readKey: string;
   let otherTenantKey: string;
+  /** The PromQL queries the fake Prometheus was asked. */
+  const prometheusQueries: string[] = [];
   /** The project the browser creates, with its owner's password. */
   const created = { projectId: '', endpointId: '', password: '', uri: '' };
 
@@ -100,7 +102,25 @@ describe('console in a real browser (chromium, real platform)', function () {
     adminKey = (await platform.api.createApiKey({ name: 'browser', scope: ApiKeyScope.API_KEY_SCOPE_ADMIN })).secret;
     readKey = (await platform.api.createApiKey({ name: 'viewer', scope: ApiKeyScope.API_KEY_SCOPE_READ })).secret;
     otherTenantKey = (await platform.controlPlane.operator().createTenant({ name: 'stranger' })).apiKeySecret;
-    consoleArgs = ['--listen', '127.0.0.1:0', '--control-plane', platform.controlPlane.address, '--session-key-file', path.join(scratch, 'session.key')];
+    // Prometheus' query_range API, answering every query with a short rising series.
+    const prometheus = http.createServer((request, response) => {
+      const url = new URL(request.url ?? '/', 'http://prometheus.invalid');
+      prometheusQueries.push(url.searchParams.get('query') ?? '');
+      const start = Number(url.searchParams.get('start'));
+      const step = Number(url.searchParams.get('step'));
+      const values = Array.from({ length: 20 }, (_, index) => [start + index * step, String(index + 1)]);
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ status: 'success', data: { resultType: 'matrix', result: [{ metric: {}, values }] } }));
+    });
+    await new Promise<void>((resolve) => prometheus.listen(0, '127.0.0.1', resolve));
+    harness.defer(() => prometheus.close());
+    const prometheusUrl = `http://127.0.0.1:${(prometheus.address() as { port: number }).port}`;
+    consoleArgs = [
+      '--listen', '127.0.0.1:0',
+      '--control-plane', platform.controlPlane.address,
+      '--session-key-file', path.join(scratch, 'session.key'),
+      '--prometheus-url', prometheusUrl,
+    ];
     await startConsole();
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
     context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
@@ -225,15 +245,27 @@ describe('console in a real browser (chromium, real platform)', function () {
     }
   });
 
+  it("draws an endpoint's charts from Prometheus, asking only for that endpoint's series", async () => {
+    await page.goto(`${consoleUrl}/endpoints/${created.endpointId}/monitoring`);
+    await page.waitForFunction(() => document.querySelectorAll('.chart .uplot').length >= 8, undefined, { timeout: 30_000 });
+    await page.getByRole('radio', { name: '24h' }).check();
+    await page.waitForFunction(() => document.querySelectorAll('.chart .uplot').length >= 8, undefined, { timeout: 30_000 });
+    await shot('12-monitoring');
+    expect(prometheusQueries.length).to.be.greaterThan(8);
+    for (const query of prometheusQueries) expect(query).to.include(`endpoint_id="${created.endpointId}"`);
+  });
+
   it("answers another tenant's ids with not found", async () => {
     const strangerContext = await browser.newContext();
     const strangerPage = await strangerContext.newPage();
     try {
       await signIn(strangerPage, otherTenantKey);
-      for (const url of [`/projects/${created.projectId}`, `/endpoints/${created.endpointId}`, `/endpoints/${created.endpointId}/state.json`]) {
+      const asked = prometheusQueries.length;
+      for (const url of [`/projects/${created.projectId}`, `/endpoints/${created.endpointId}`, `/endpoints/${created.endpointId}/state.json`, `/endpoints/${created.endpointId}/metrics.json?range=1h`]) {
         const response = await strangerPage.goto(`${consoleUrl}${url}`);
         expect(response?.status(), url).to.equal(404);
       }
+      expect(prometheusQueries.length, 'Prometheus asked for another tenant').to.equal(asked);
       await shot('10-not-found', strangerPage);
     } finally {
       await strangerContext.close();
