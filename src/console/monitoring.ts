@@ -21,33 +21,35 @@ interface Chart {
 }
 
 /**
- * The metric names the platform exports per endpoint (label `endpoint_id`, added by the agent and the gateway or by
- * Prometheus' relabelling of compute targets).
+ * The platform's series per endpoint: labelled `endpoint` (and `tenant`, `project`, `branch`) by the compute's scrape
+ * target, `timeline` for the pageserver; `spg99:*` are the recording rules of deploy/prometheus/. `$endpoint` and
+ * `$timeline` stand for the endpoint's id and its branch's timeline id.
  */
 export const CHARTS: Chart[] = [
-  { id: 'cpu', title: 'CPU', unit: 'cores', series: [{ label: 'used', query: 'sum(rate(spg99_compute_cpu_seconds_total{endpoint_id="$endpoint"}[1m]))' }], limit: (endpoint) => (endpoint.currentProfile?.cpuMillis ?? endpoint.settings?.profile?.cpuMillis ?? 0) / 1000 || undefined },
-  { id: 'memory', title: 'Memory', unit: 'bytes', series: [{ label: 'resident', query: 'sum(spg99_compute_memory_bytes{endpoint_id="$endpoint"})' }], limit: (endpoint) => (endpoint.currentProfile?.memoryMib ?? endpoint.settings?.profile?.memoryMib ?? 0) * 1024 * 1024 || undefined },
+  // Postgres' CPU and memory are not exported as metrics yet (the agent reports them to the control plane only).
+  { id: 'cpu', title: 'CPU', unit: 'cores', series: [{ label: 'used', query: 'sum(rate(spg99_compute_cpu_seconds_total{endpoint="$endpoint"}[1m]))' }], limit: (endpoint) => (endpoint.currentProfile?.cpuMillis ?? endpoint.settings?.profile?.cpuMillis ?? 0) / 1000 || undefined },
+  { id: 'memory', title: 'Memory', unit: 'bytes', series: [{ label: 'resident', query: 'sum(spg99_compute_memory_bytes{endpoint="$endpoint"})' }], limit: (endpoint) => (endpoint.currentProfile?.memoryMib ?? endpoint.settings?.profile?.memoryMib ?? 0) * 1024 * 1024 || undefined },
   {
     id: 'connections',
     title: 'Connections',
     unit: 'connections',
     series: [
-      { label: 'active', query: 'sum(spg99_compute_connections{endpoint_id="$endpoint",state="active"})' },
-      { label: 'idle', query: 'sum(spg99_compute_connections{endpoint_id="$endpoint",state="idle"})' },
-      { label: 'pooler waits/s', query: 'sum(rate(spg99_gateway_pool_wait_seconds_count{endpoint_id="$endpoint"}[1m]))' },
+      { label: 'active', query: 'sum(spg99_pg_connections{endpoint="$endpoint",state="active"})' },
+      { label: 'idle', query: 'sum(spg99_pg_connections{endpoint="$endpoint",state="idle"})' },
+      { label: 'max', query: 'max(spg99_pg_max_connections{endpoint="$endpoint"})' },
     ],
   },
-  { id: 'tps', title: 'Transactions per second', unit: 'tx/s', series: [{ label: 'commits', query: 'sum(rate(spg99_compute_transactions_total{endpoint_id="$endpoint"}[1m]))' }] },
-  { id: 'commit-latency', title: 'Commit latency (p99)', unit: 'seconds', series: [{ label: 'p99', query: 'histogram_quantile(0.99, sum by (le) (rate(spg99_walproposer_commit_seconds_bucket{endpoint_id="$endpoint"}[5m])))' }] },
-  { id: 'size', title: 'Database size', unit: 'bytes', series: [{ label: 'size', query: 'max(spg99_compute_database_size_bytes{endpoint_id="$endpoint"})' }] },
-  { id: 'cold-start', title: 'Cold start', unit: 'seconds', series: [{ label: 'start', query: 'sum(spg99_compute_start_phase_seconds{endpoint_id="$endpoint"})' }] },
+  { id: 'tps', title: 'Transactions per second', unit: 'tx/s', series: [{ label: 'commits', query: 'sum(rate(spg99_pg_transactions_total{endpoint="$endpoint",outcome="commit"}[1m]))' }] },
+  { id: 'commit-latency', title: 'Commit latency (p99, quorum)', unit: 'seconds', series: [{ label: 'p99', query: 'max(spg99:commit_delay_seconds:p99{endpoint="$endpoint"})' }] },
+  { id: 'size', title: 'Database size', unit: 'bytes', series: [{ label: 'size', query: 'sum(spg99_pg_database_size_bytes{endpoint="$endpoint"})' }] },
+  { id: 'cold-start', title: 'Cold start', unit: 'seconds', series: [{ label: 'start', query: 'sum(spg99_compute_start_phase_seconds{endpoint="$endpoint"})' }] },
   {
     id: 'lag',
     title: 'WAL and pageserver lag',
     unit: 'bytes',
     series: [
-      { label: 'safekeepers', query: 'max(spg99_walproposer_safekeeper_lag_bytes{endpoint_id="$endpoint"})' },
-      { label: 'pageserver', query: 'max(spg99_pageserver_ingest_lag_bytes{endpoint_id="$endpoint"})' },
+      { label: 'safekeepers', query: 'max(spg99_walproposer_safekeeper_lag_bytes{endpoint="$endpoint"})' },
+      { label: 'pageserver', query: 'max(spg99:pageserver_ingest_lag_bytes{timeline="$timeline"})' },
     ],
   },
 ];
@@ -82,8 +84,8 @@ export class MonitoringSource {
       CHARTS.map(async (chart) => {
         const values = await Promise.all(
           chart.series.map(async (series) => {
-            // The id is the API's own (checked by GetEndpoint), and ids are [a-z0-9-]: nothing to escape.
-            const query = series.query.replaceAll('$endpoint', endpoint.endpointId);
+            // The ids are the API's own (checked by GetEndpoint) and made of [a-z0-9-]: nothing to escape.
+            const query = series.query.replaceAll('$endpoint', endpoint.endpointId).replaceAll('$timeline', endpoint.branchId);
             const points = await this.rangeQuery(query, start, end, step);
             return timestamps.map((time) => points.get(time) ?? null);
           }),

@@ -252,7 +252,8 @@ describe('console in a real browser (chromium, real platform)', function () {
     await page.waitForFunction(() => document.querySelectorAll('.chart .uplot').length >= 8, undefined, { timeout: 30_000 });
     await shot('12-monitoring');
     expect(prometheusQueries.length).to.be.greaterThan(8);
-    for (const query of prometheusQueries) expect(query).to.include(`endpoint_id="${created.endpointId}"`);
+    const branchId = (await platform.api.getEndpoint({ endpointId: created.endpointId })).endpoint!.branchId;
+    for (const query of prometheusQueries) expect(query).to.satisfy((text: string) => text.includes(`endpoint="${created.endpointId}"`) || text.includes(`timeline="${branchId}"`), query);
   });
 
   it("answers another tenant's ids with not found", async () => {

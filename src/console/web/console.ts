@@ -94,6 +94,21 @@ type UPlotConstructor = new (options: object, data: (number | null)[][], target:
 
 const COLORS = ['#2563eb', '#16a34a', '#d97706', '#9333ea'];
 
+/** Axis labels short enough for the axis: bytes in binary units, other values with k/M. */
+function formatValue(unit: string, value: number): string {
+  const steps = unit === 'bytes' ? ['B', 'KiB', 'MiB', 'GiB', 'TiB'] : ['', 'k', 'M', 'G'];
+  const base = unit === 'bytes' ? 1024 : 1000;
+  let scaled = value;
+  let index = 0;
+  while (Math.abs(scaled) >= base && index < steps.length - 1) {
+    scaled /= base;
+    index += 1;
+  }
+  const precise = scaled.toPrecision(3);
+  const text = Number.isInteger(scaled) ? String(scaled) : precise.includes('.') && !precise.includes('e') ? precise.replace(/0+$/, '').replace(/\.$/, '') : precise;
+  return `${text}${unit === 'bytes' ? ` ${steps[index]}` : steps[index]}`;
+}
+
 function monitoring(): void {
   const container = document.querySelector<HTMLElement>('[data-monitoring]');
   const uPlot = (window as unknown as { uPlot?: UPlotConstructor }).uPlot;
@@ -125,7 +140,7 @@ function monitoring(): void {
         data.push(chart.timestamps.map(() => chart.limit));
       }
       const width = Math.max(260, target.clientWidth || 600);
-      plots.push(new uPlot({ width, height: 200, series, axes: [{}, { size: 60 }], legend: { live: false } }, data, target));
+      plots.push(new uPlot({ width, height: 200, series, axes: [{}, { size: 70, values: (_plot: unknown, splits: number[]) => splits.map((split) => formatValue(chart.unit, split)) }], legend: { live: false } }, data, target));
     }
   };
   document.querySelectorAll<HTMLInputElement>('input[data-range]').forEach((input) => input.addEventListener('change', () => void load(input.value)));
