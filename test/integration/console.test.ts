@@ -199,6 +199,9 @@ describe('console in a real browser (chromium, real platform)', function () {
     const endpointLink = page.locator('a.mono[href^="/endpoints/"]').first();
     const branchEndpoint = (await endpointLink.textContent())!;
     const uri = await copiedConnectionString(branchEndpoint);
+    // Started from its page (a cold start on a busy machine can take longer than the gateway's wake timeout).
+    await page.getByRole('button', { name: 'Start' }).click();
+    await page.waitForFunction((id) => document.querySelector(`[data-endpoint="${id}"][data-field="state"]`)?.textContent === 'RUNNING', branchEndpoint, { timeout: 180_000 });
     const rows = await psql(uri, created.password, 'SELECT string_agg(body, \',\' ORDER BY body) FROM notes');
     expect(rows).to.equal('before,first');
     await page.goto(`${consoleUrl}/projects/${created.projectId}`);
