@@ -15,7 +15,7 @@ node_modules/.installed: package.json package-lock.json
 
 install: node_modules/.installed ## Installs npm packages (and hydrates the Postgres binaries' library links)
 
-system-deps: ## Installs missing Debian packages (psql, pgbench, redis-server) and the user Postgres runs as
+system-deps: ## Installs missing Debian packages (psql, pgbench, redis-server, chromium) and the user Postgres runs as
 	@bash scripts/system-deps.sh
 
 gen: install ## Regenerates gen/ from proto/ (buf + ts-proto)
@@ -31,10 +31,12 @@ lint: install ## buf lint, buf breaking against main (when it has contracts), Ty
 		echo "buf breaking against main"; $(BIN)/buf breaking --against '.git#branch=main'; \
 	else echo "buf breaking: no previous contracts on main yet"; fi
 	$(BIN)/tsc -p tsconfig.json --noEmit
+	$(BIN)/tsc -p src/console/web/tsconfig.json --noEmit
 
 build: install ## Compiles TypeScript to dist/, with the descriptor set server reflection serves
 	@rm -rf dist
 	$(BIN)/tsc -p tsconfig.json
+	$(BIN)/tsc -p src/console/web/tsconfig.json && cp src/console/web/console.css dist/console-web/
 	$(BIN)/buf build -o dist/descriptor.binpb
 
 test: lint build ## Runs every test (unit and integration, with real Postgres and safekeepers), two files at a time (SPG99_TEST_JOBS=1: one)

@@ -1,7 +1,7 @@
 /**
  * `make up` / `make down` / `make status`: a local SPG99 in `.spg99/` — Redis (the catalog, AOF on), three
  * safekeepers, a pageserver on local-filesystem object storage, the provisioner (process driver: computes are local
- * agent + Postgres processes), the control plane and the gateway (TLS with a local CA in `.spg99/tls/`) — started as background processes that outlive the command,
+ * agent + Postgres processes), the control plane, the gateway (TLS with a local CA in `.spg99/tls/`) and the console (web UI) — started as background processes that outlive the command,
  * with logs in `.spg99/logs/`. The first `make up` creates a tenant (its admin API key is kept in
  * `.spg99/credentials.json`, mode 0600) and a demo project, wakes the demo endpoint and prints how to connect. Data
  * survives `make down`; the next `make up` brings back the same databases. `make up` on a running platform starts
@@ -17,7 +17,7 @@
  * Environment: `SPG99_HOME` moves the state directory (default `<repo>/.spg99`), so that a test can run a whole
  * platform in a temporary directory; the ports are `SPG99_REDIS_PORT`, `SPG99_SAFEKEEPER{1,2,3}_PORT`,
  * `SPG99_PAGESERVER_PORT`, `SPG99_CONTROL_PLANE_PORT`, `SPG99_CONTROL_PLANE_INTERNAL_PORT`, `SPG99_PROVISIONER_PORT`, `SPG99_GATEWAY_PORT` and
- * `SPG99_GATEWAY_ADMIN_PORT`. With `SPG99_UP_JSON=1`, `up` also prints one line for programs after the text for people:
+ * `SPG99_GATEWAY_ADMIN_PORT`, and `SPG99_CONSOLE_PORT` (the console, default 8080; `SPG99_PROMETHEUS_URL` turns its monitoring on). With `SPG99_UP_JSON=1`, `up` also prints one line for programs after the text for people:
  * `SPG99_UP_JSON {"home":…,"tenantId":…,"apiKey":…,"controlPlane":"127.0.0.1:7700","gatewayPort":5432,"caFile":…,
  * "demo":{"projectId":…,"branchId":…,"endpointId":…,"role":…,"password":…,"connectionUri":…}}`.
  */
@@ -92,6 +92,7 @@ const ports = {
   provisioner: Number(process.env.SPG99_PROVISIONER_PORT ?? 7800),
   gateway: Number(process.env.SPG99_GATEWAY_PORT ?? 5432),
   gatewayAdmin: Number(process.env.SPG99_GATEWAY_ADMIN_PORT ?? 7900),
+  console: Number(process.env.SPG99_CONSOLE_PORT ?? 8080),
 };
 
 interface ClusterState {
@@ -279,6 +280,7 @@ SPG99 is up.
   Demo project:  ${demo.projectId}, endpoint ${demo.endpointId}, branch ${demo.branchId}
   Connect:       psql "${connectionUri}"
   Gateway:       127.0.0.1:${ports.gateway} (TLS, CA ${caFile}); a stopped endpoint wakes on connect
+  Console:       ${consoleUrl()}   (sign in with the API key)
   Logs:          ${logDir}${readiness ? `\n  Ready in:      ${readiness}` : ''}
   Stop:          make down   (data stays in ${homeShown}; make up brings it back)`);
   if (process.env.SPG99_UP_JSON === '1') {
@@ -288,6 +290,7 @@ SPG99 is up.
       apiKey: credentials.apiKey,
       controlPlane: `127.0.0.1:${ports.controlPlane}`,
       gatewayPort: ports.gateway,
+      consoleUrl: consoleUrl(),
       caFile,
       demo: { ...demo, connectionUri },
     };
@@ -425,6 +428,11 @@ async function start(state: ClusterState, started: number, launched: string[]): 
   if (!running('gateway')) await startGateway(state, record);
   writeState(state);
   mark('gateway', since);
+
+  since = performance.now();
+  if (!running('console')) await startConsole(state, record);
+  writeState(state);
+  mark('console', since);
   return timings.join(', ');
 }
 
@@ -475,12 +483,43 @@ async function startGateway(state: ClusterState, record: (name: string, pid: num
   recordMetrics(state, 'gateway', await waitForLog(gatewayLog, gatewayOffset, 'gateway ready', gateway.pid));
 }
 
+/** The console's address for people. */
+function consoleUrl(): string {
+  return `http://127.0.0.1:${ports.console}/`;
+}
+
+/**
+ * The console, a client of the public API only; its session key stays in the state directory, so sessions survive a
+ * restart. SPG99_PROMETHEUS_URL turns its monitoring pages on.
+ */
+async function startConsole(state: ClusterState, record: (name: string, pid: number) => void): Promise<void> {
+  const consoleLog = path.join(logDir, 'console.log');
+  const consoleOffset = logSize(consoleLog);
+  const prometheusUrl = process.env.SPG99_PROMETHEUS_URL ?? '';
+  const consoleProcess = launchComponent('console', 'console', [
+    '--listen', `127.0.0.1:${ports.console}`,
+    '--control-plane', `127.0.0.1:${ports.controlPlane}`,
+    '--session-key-file', path.join(home, 'console-session.key'),
+    ...(prometheusUrl ? ['--prometheus-url', prometheusUrl] : []),
+  ]);
+  record('console', consoleProcess.pid);
+  writeState(state);
+  try {
+    recordMetrics(state, 'console', await waitForLog(consoleLog, consoleOffset, 'console ready', consoleProcess.pid, 30_000));
+  } catch (error) {
+    // The databases work without the web UI (e.g. its port is taken): say so rather than stop the platform.
+    if (alive(consoleProcess.pid)) process.kill(consoleProcess.pid, 'SIGKILL');
+    delete state.pids.console;
+    console.log(`warning: the console did not start (${(error as Error).message.split('\n')[0]}); set SPG99_CONSOLE_PORT to a free port and run make up again`);
+  }
+}
+
 /**
  * Stop order: the endpoints (their computes put the final WAL on the safekeepers and ask the pageserver for a
  * snapshot), the gateway (its clients are told), the control plane (so it starts nothing more), the provisioner (it stops computes left running), the
  * pageserver (it uploads what it ingested), the safekeepers, and Redis last.
  */
-const STOP_ORDER = ['gateway', 'control-plane', 'provisioner', 'pageserver', 'safekeeper', 'redis'];
+const STOP_ORDER = ['console', 'gateway', 'control-plane', 'provisioner', 'pageserver', 'safekeeper', 'redis'];
 
 function stopRank(name: string): number {
   const rank = STOP_ORDER.findIndex((prefix) => name.startsWith(prefix));
@@ -548,6 +587,7 @@ function addressOf(name: string): string {
   if (name === 'control-plane') return `127.0.0.1:${ports.controlPlane} (internal 127.0.0.1:${ports.controlPlaneInternal})`;
   if (name === 'provisioner') return `127.0.0.1:${ports.provisioner}`;
   if (name === 'gateway') return `127.0.0.1:${ports.gateway} (admin 127.0.0.1:${ports.gatewayAdmin})`;
+  if (name === 'console') return consoleUrl();
   const safekeeper = /^safekeeper-(\d+)$/.exec(name);
   return safekeeper ? `127.0.0.1:${ports.safekeepers[Number(safekeeper[1]) - 1]}` : '';
 }
@@ -567,6 +607,13 @@ async function healthOf(name: string, pid: number): Promise<string> {
     const password = fs.existsSync(redisPasswordFile) ? fs.readFileSync(redisPasswordFile, 'utf8').trim() : undefined;
     const answer = await pingRedis('127.0.0.1', ports.redis, 2_000, password).catch((error: Error) => `no answer (${error.message})`);
     return answer === '+PONG' ? 'ok (PONG)' : answer;
+  }
+  if (name === 'console') {
+    const answer = await fetch(`${consoleUrl()}healthz`, { signal: AbortSignal.timeout(2_000) }).then(
+      (response) => (response.ok ? 'ok (HTTP 200)' : `not serving (HTTP ${response.status})`),
+      (error: Error) => `no answer (${error.message})`,
+    );
+    return answer;
   }
   const address = healthAddressOf(name)!;
   // The control plane's health is asked on its public API, which is TLS with the platform's CA.

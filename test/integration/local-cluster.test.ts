@@ -73,6 +73,7 @@ describe('make up with components missing (local-cluster, real processes)', func
       SPG99_PROVISIONER_PORT: String(provisioner),
       SPG99_GATEWAY_PORT: String(gateway),
       SPG99_GATEWAY_ADMIN_PORT: String(gatewayAdmin),
+      SPG99_CONSOLE_PORT: String(await freePort()),
     });
     // Something else holds the third safekeeper's port: it cannot start. It hangs up on every connection at once,
     // so that closing it does not wait on the control plane's channel to that address.

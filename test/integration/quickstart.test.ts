@@ -324,6 +324,7 @@ describe('the README quickstart', function () {
         SPG99_PROVISIONER_PORT: String(provisioner),
         SPG99_GATEWAY_PORT: String(gateway),
         SPG99_GATEWAY_ADMIN_PORT: String(gatewayAdmin),
+        SPG99_CONSOLE_PORT: String(await freePort()),
         // The CLI's one difference from the README: the control plane is not on its default port.
         SPG99_API: `127.0.0.1:${controlPlane}`,
       });
