@@ -499,6 +499,7 @@ async function startConsole(state: ClusterState, record: (name: string, pid: num
   const consoleProcess = launchComponent('console', 'console', [
     '--listen', `127.0.0.1:${ports.console}`,
     '--control-plane', `127.0.0.1:${ports.controlPlane}`,
+    '--control-plane-ca', caFile,
     '--session-key-file', path.join(home, 'console-session.key'),
     ...(prometheusUrl ? ['--prometheus-url', prometheusUrl] : []),
   ]);

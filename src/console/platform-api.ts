@@ -1,23 +1,21 @@
 /**
  * Every call the console makes to the control plane goes through this module: the public ControlPlaneService with
  * the signed-in user's API key as `authorization: Bearer <secret>`, nothing else (the console holds no catalog and no
- * privileged credential). It is deliberately the one place that knows the transport, so that the console can move
- * to the `@spg99/sdk` client by rewriting this file alone.
+ * privileged credential). The transport is the `@spg99/sdk` client (TLS verified against the platform's CA,
+ * deadlines, retries of idempotent calls, typed errors): one client for the process, each user's key per call.
  */
-import type { Channel } from 'nice-grpc';
-import { ClientError, Status } from 'nice-grpc-common';
-import { ControlPlaneServiceDefinition } from '../../gen/spg99/controlplane/v1/controlplane.js';
+import { ApiError, createClient, Metadata, Status, type Spg99, type TlsOptions } from '../../sdk/src/index.js';
 import type {
   ApiKey,
   ApiKeyScope,
   Branch,
+  ControlPlaneApi,
   Endpoint,
   EndpointSettings,
   Project,
   Role,
   Tenant,
-} from '../../gen/spg99/controlplane/v1/controlplane.js';
-import { createSpgClient, openChannel, type SpgClient } from '../lib/grpc/client.js';
+} from '../../sdk/src/index.js';
 
 export type { ApiKey, Branch, Endpoint, EndpointSettings, Project, Role, Tenant };
 
@@ -62,36 +60,37 @@ export interface PlatformSession {
   getConnectionString(endpointId: string, roleName: string, pooled: boolean, databaseName?: string): Promise<string>;
 }
 
-/** The control plane's public API at `address`, one channel shared by every user's calls. */
+/** The control plane's public API at `address`, one SDK client (one channel) shared by every user's calls. */
 export class PlatformApi {
-  private readonly channel: Channel;
+  private readonly client: Spg99;
 
+  /** `tls`: the platform's CA (what `make up` keeps in .spg99/tls/ca.crt), or false for a plaintext API. */
   constructor(
     readonly address: string,
+    tls: TlsOptions | false,
     private readonly timeoutMs = 30_000,
   ) {
-    this.channel = openChannel(address);
+    this.client = createClient({ address, tls });
   }
 
   /** The calls made with `apiKey`. */
   as(apiKey: string, traceId?: string): PlatformSession {
-    const client = createSpgClient(ControlPlaneServiceDefinition, this.channel, traceId, { authorization: `Bearer ${apiKey}` });
-    return sessionOf(client, this.timeoutMs);
+    const metadata = Metadata({ authorization: `Bearer ${apiKey}`, ...(traceId ? { 'x-trace-id': traceId } : {}) });
+    return sessionOf(this.client.api, metadata, this.timeoutMs);
   }
 
   close(): void {
-    this.channel.close();
+    this.client.close();
   }
 }
 
-type Client = SpgClient<typeof ControlPlaneServiceDefinition>;
 
 /** Turns a gRPC failure into a {@link PlatformApiError} carrying the API's own words. */
 async function call<T>(invoke: () => Promise<T>): Promise<T> {
   try {
     return await invoke();
   } catch (error) {
-    if (error instanceof ClientError) {
+    if (error instanceof ApiError) {
       const code = (Status[error.code] ?? 'UNKNOWN') as keyof typeof Status;
       const message =
         error.code === Status.UNAVAILABLE && /No connection established|ECONNREFUSED|connect/i.test(error.details)
@@ -108,9 +107,9 @@ function present<T>(value: T | undefined, what: string): T {
   return value;
 }
 
-function sessionOf(client: Client, timeoutMs: number): PlatformSession {
-  // No metadata here: per-call metadata would replace the client's default, which carries the API key.
-  const options = () => ({ deadline: timeoutMs });
+function sessionOf(client: ControlPlaneApi, metadata: Metadata, timeoutMs: number): PlatformSession {
+  // The user's key travels as this call's own `authorization` metadata (the client has none of its own).
+  const options = () => ({ deadline: timeoutMs, metadata });
   return {
     getTenant: () => call(async () => present((await client.getTenant({}, options())).tenant, 'the tenant')),
     listApiKeys: () => call(async () => (await client.listApiKeys({}, options())).apiKeys),

@@ -118,6 +118,7 @@ describe('console in a real browser (chromium, real platform)', function () {
     consoleArgs = [
       '--listen', '127.0.0.1:0',
       '--control-plane', platform.controlPlane.address,
+      '--control-plane-ca', platform.controlPlane.caFile,
       '--session-key-file', path.join(scratch, 'session.key'),
       '--prometheus-url', prometheusUrl,
     ];
