@@ -4,7 +4,7 @@ BIN := node_modules/.bin
 NODE_OPTIONS ?= --enable-source-maps
 export NODE_OPTIONS
 
-.PHONY: help install system-deps gen gen-check lint build test test-unit test-integration sim up down status bench bench-wal bench-pageserver bench-gateway clean
+.PHONY: help install system-deps test-deps gen gen-check lint build test test-e2e test-all test-unit test-integration sim up down status bench bench-wal bench-pageserver bench-gateway clean
 
 help: ## Lists the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -15,8 +15,11 @@ node_modules/.installed: package.json package-lock.json
 
 install: node_modules/.installed ## Installs npm packages (and hydrates the Postgres binaries' library links)
 
-system-deps: ## Installs missing Debian packages (psql, pgbench, redis-server, chromium) and the user Postgres runs as
+system-deps: ## Installs missing Debian packages (psql, pgbench, redis-server) and the user Postgres runs as
 	@bash scripts/system-deps.sh
+
+test-deps: ## system-deps and what only the tests need (chromium for the console's browser test)
+	@bash scripts/system-deps.sh --test
 
 gen: install ## Regenerates gen/ from proto/ (buf + ts-proto)
 	$(BIN)/buf generate
@@ -39,7 +42,7 @@ build: install ## Compiles TypeScript to dist/, with the descriptor set server r
 	$(BIN)/tsc -p src/console/web/tsconfig.json && cp src/console/web/console.css dist/console-web/
 	$(BIN)/buf build -o dist/descriptor.binpb
 
-test: lint build ## Runs every test (unit and integration, with real Postgres and safekeepers), two files at a time (SPG99_TEST_JOBS=1: one)
+test: test-deps lint build ## Runs every test (unit and integration, with real Postgres and safekeepers), two files at a time (SPG99_TEST_JOBS=1: one)
 	$(BIN)/mocha
 
 test-unit: build ## Runs only the unit tests

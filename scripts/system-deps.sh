@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages SPG99 needs when they are missing: psql and pgbench (clients; the Postgres servers
-# come from npm), redis-server (the control plane's catalog) and chromium (the console's browser test, driven by
-# playwright-core, which downloads no browser). Used by `make up` and `.ci/run`. As root it also
+# come from npm) and redis-server (the control plane's catalog); with --test also chromium (the console's browser
+# test, driven by playwright-core, which downloads no browser). Used by `make up`, `make test` (--test) and
+# `.ci/run`. As root it also
 # creates the unprivileged user Postgres runs as (Postgres refuses to run as root; see src/lib/pg/os-user.ts).
 set -euo pipefail
 
@@ -9,7 +10,8 @@ need=()
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pgbench >/dev/null 2>&1 || need+=(postgresql-client)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Only the tests need a browser: `make up` does not install one.
+if [ "${1:-}" = --test ]; then command -v chromium >/dev/null 2>&1 || need+=(chromium); fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
