@@ -42,8 +42,13 @@ build: install ## Compiles TypeScript to dist/, with the descriptor set server r
 	$(BIN)/tsc -p src/console/web/tsconfig.json && cp src/console/web/console.css dist/console-web/
 	$(BIN)/buf build -o dist/descriptor.binpb
 
-test: test-deps lint build ## Runs every test (unit and integration, with real Postgres and safekeepers), two files at a time (SPG99_TEST_JOBS=1: one)
-	$(BIN)/mocha
+test: test-deps lint build ## Runs the tests: unit, simulation, integration with real Postgres and safekeepers (two files at a time; SPG99_TEST_JOBS=1: one)
+	SPG99_TEST_SUITE=core $(BIN)/mocha
+
+test-e2e: test-deps build ## Runs the whole-platform tests (make up as written, chaos, the SDK's packed tarball, the console in Chromium)
+	SPG99_TEST_SUITE=e2e $(BIN)/mocha
+
+test-all: test test-e2e ## make test, then make test-e2e (what CI runs)
 
 test-unit: build ## Runs only the unit tests
 	$(BIN)/mocha --no-config --timeout 120000 --exit 'dist/test/unit/**/*.test.js'

@@ -908,8 +908,7 @@ describe('gateway robustness (bad input, fuzz, limits, pooling corner cases; rea
       expect((await setup.query({ name: 'fixme', text: 'SELECT 1 AS one' })).rows).to.deep.equal([{ one: 1 }]);
       expect((await setup.query({ name: 'fixme', text: 'SELECT 1 AS one' })).rows).to.deep.equal([{ one: 1 }]);
 
-      // The same, and pipelines, message by message (a raw client; its application name tells it apart in ListClients,
-      // and transaction-mode pools ignore it).
+      // The same, and pipelines, message by message (a raw client; its application name tells it apart in ListClients).
       const pooled = { ...startupParameters(owner.user, `${endpointId}-pooler`), application_name: 'raw' };
       const raw = await wire(gateway.port);
       await login(raw, pooled, owner.password);
@@ -932,9 +931,12 @@ describe('gateway robustness (bad input, fuzz, limits, pooling corner cases; rea
       const [[holderPid]] = (await exchange(raw, simpleQuery('BEGIN; SELECT pg_backend_pid()'))).rows;
       expect(await exchange(raw, parse('moving', 'SELECT 6 * $1::int'), bind('moving', ['7']), EXECUTE, SYNC)).to.deep.include({ types: '12DCZ', rows: [['42']], status: 'T' });
       expect((await exchange(raw, simpleQuery('COMMIT'))).status).to.equal('I');
-      await setup.query('BEGIN');
-      // The connection just given back is the first taken again (last in, first out).
-      expect(String((await setup.query('SELECT pg_backend_pid() AS pid')).rows[0].pid)).to.equal(holderPid);
+      // The connection just given back is the first taken again (last in, first out) by the next client of the same
+      // pool (a pool is keyed by the startup parameters, application_name included: another raw client with them).
+      const second = await wire(gateway.port);
+      await login(second, pooled, owner.password);
+      const [[secondPid]] = (await exchange(second, simpleQuery('BEGIN; SELECT pg_backend_pid()'))).rows;
+      expect(secondPid).to.equal(holderPid);
       expect(await exchange(raw, bind('moving', ['8']), EXECUTE, SYNC)).to.deep.include({ types: '2DCZ', rows: [['48']], status: 'I' });
       const rawClient = await waitFor(
         async () => (await gateway.admin.listClients({ endpointId })).clients.find((client) => client.applicationName === 'raw' && client.state === ClientState.CLIENT_STATE_IDLE),
@@ -944,7 +946,7 @@ describe('gateway robustness (bad input, fuzz, limits, pooling corner cases; rea
         throw new Error(`${error.message}: ${JSON.stringify(raws.map((client) => ({ state: ClientState[client.state], transactions: String(client.transactions) })))}`);
       });
       expect(rawClient.mode).to.equal(PoolMode.POOL_MODE_TRANSACTION);
-      await setup.query('COMMIT');
+      expect((await exchange(second, simpleQuery('COMMIT'))).status).to.equal('I');
       for (let round = 0; round < 5; round++) {
         expect(await exchange(raw, bind('div', ['0']), EXECUTE, SYNC)).to.deep.include({ types: '2DDDCZ', rows: [['10'], ['5'], ['3']] });
         // Other clients take server connections in between: the statement follows the client.

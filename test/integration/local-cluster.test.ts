@@ -74,6 +74,8 @@ describe('make up with components missing (local-cluster, real processes)', func
       SPG99_GATEWAY_PORT: String(gateway),
       SPG99_GATEWAY_ADMIN_PORT: String(gatewayAdmin),
       SPG99_CONSOLE_PORT: String(await freePort()),
+      // Every port make up opens, so that this test can run beside another make up (make test runs two files at once).
+      SPG99_CONTROL_PLANE_INTERNAL_PORT: String(await freePort()),
     });
     // Something else holds the third safekeeper's port: it cannot start. It hangs up on every connection at once,
     // so that closing it does not wait on the control plane's channel to that address.

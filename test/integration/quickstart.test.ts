@@ -91,9 +91,10 @@ const STEPS: Step[] = [
       for (const name of components) {
         expect(output, `${name} answers its health check`).to.match(new RegExp(`^${name}\\s+\\d+\\s+ok \\((PONG|SERVING)\\)\\s+\\S+`, 'm'));
       }
-      // Every component but Redis names its Prometheus endpoint, which answers.
+      expect(output, 'the console answers its health check').to.match(/^console\s+\d+\s+ok \(HTTP 200\)\s+http:\/\/127\.0\.0\.1:\d+\//m);
+      // Every component but Redis names its Prometheus endpoint, which answers (the console too).
       const metrics = output.match(/http:\/\/127\.0\.0\.1:\d+\/metrics/g) ?? [];
-      expect(metrics, output).to.have.length(components.length - 1);
+      expect(metrics, output).to.have.length(components.length);
       for (const url of metrics) {
         const text = await (await fetch(url, { signal: AbortSignal.timeout(10_000) })).text();
         expect(text, url).to.match(/^# TYPE spg99_\w+ /m);
