@@ -365,7 +365,7 @@ describe('the README quickstart', function () {
       console.log(`      ${timings.join('\n      ')}`);
 
       // make down left nothing running: neither the platform nor a compute.
-      expect(pidsBeforeDown).to.have.length(8);
+      expect(pidsBeforeDown).to.have.length(9);
       expect(pidsBeforeDown.filter(isAlive), 'pids of cluster.json alive after make down').to.deep.equal([]);
       expect(processesUnder(home.path), `processes under ${home.path} after make down`).to.deep.equal([]);
       expect(errorLines(home.path), 'ERROR or FATAL log lines').to.deep.equal([]);
