@@ -394,13 +394,16 @@ export function controlPlaneService(options: ControlPlaneServiceOptions): Contro
       } else if (request.parentTime !== undefined) {
         if (request.parentTime.getTime() > now()) throw invalidArgument(`parent_time ${request.parentTime.toISOString()} is in the future: branch at a past time, or leave it unset for now`);
         ancestorTime = request.parentTime;
-      } else if (options.lifecycle) {
-        // "Now" is the end of the committed WAL, which the pageserver may not have ingested yet.
+      }
+      if (ancestorLsn === undefined && options.lifecycle) {
+        // "Now" is the end of the committed WAL, which the pageserver may not have ingested yet; and a past time may
+        // be that of a commit the pageserver has not ingested yet either (a branch at the time just after a commit
+        // must have it): either way, the pageserver first reaches what the safekeepers have committed.
         const committed = await options.lifecycle.committedLsn(parentBranchId);
         if (committed > 0n) {
           try {
             await pageserver.waitForLsn({ timelineId: parentBranchId, lsn: committed }, { deadline: new Date(Date.now() + 30_000), signal: context.signal });
-            ancestorLsn = committed;
+            if (ancestorTime === undefined) ancestorLsn = committed;
           } catch (error) {
             throw pageserverError(error, `waiting for the parent branch's committed WAL (${committed})`);
           }
