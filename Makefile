@@ -48,7 +48,7 @@ test: test-deps lint build ## Runs the tests: unit, simulation, integration with
 test-e2e: test-deps build ## Runs the whole-platform tests (make up as written, chaos, the SDK's packed tarball, the console in Chromium)
 	SPG99_TEST_SUITE=e2e $(BIN)/mocha
 
-test-all: test test-e2e ## make test, then make test-e2e
+test-all: test test-e2e ## make test, then make test-e2e (what CI runs)
 
 test-unit: build ## Runs only the unit tests
 	$(BIN)/mocha --no-config --timeout 120000 --exit 'dist/test/unit/**/*.test.js'
