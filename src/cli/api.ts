@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createClient, type ControlPlaneApi, type Spg99, type Spg99CallOptions, type TlsOptions } from '../../sdk/src/index.js';
+import { createClient, type ControlPlaneApi, type Spg99, type Spg99CallOptions, type TlsOptions } from '../lib/sdk.js';
 import { CliError, describeCallError } from './errors.js';
 
 /** The generated client of the public API (the SDK's). */

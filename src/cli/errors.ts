@@ -4,7 +4,7 @@
  * failed) exits 1. The SDK's typed errors are turned into CliErrors by {@link describeCallError}, which keeps the
  * server's message and adds the step the user can take.
  */
-import { ApiError, Status, toApiError } from '../../sdk/src/index.js';
+import { ApiError, Status, toApiError } from '../lib/sdk.js';
 
 /** Exit code: done. */
 export const EXIT_OK = 0;

@@ -3,7 +3,7 @@
  * state, fails, or the time is up), its outcomes worded as the CLI's one-line errors.
  */
 import type { EndpointState, Endpoint } from '../../gen/spg99/controlplane/v1/controlplane.js';
-import { EndpointFailedError, WaitTimeoutError } from '../../sdk/src/index.js';
+import { EndpointFailedError, WaitTimeoutError } from '../lib/sdk.js';
 import type { ControlPlaneConnection } from './api.js';
 import { CliError } from './errors.js';
 import { duration } from './output.js';

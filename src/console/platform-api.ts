@@ -4,7 +4,7 @@
  * privileged credential). The transport is the `@spg99/sdk` client (TLS verified against the platform's CA,
  * deadlines, retries of idempotent calls, typed errors): one client for the process, each user's key per call.
  */
-import { ApiError, createClient, Metadata, Status, type Spg99, type TlsOptions } from '../../sdk/src/index.js';
+import { ApiError, createClient, Metadata, Status, type Spg99, type TlsOptions } from '../lib/sdk.js';
 import type {
   ApiKey,
   ApiKeyScope,
@@ -15,7 +15,7 @@ import type {
   Project,
   Role,
   Tenant,
-} from '../../sdk/src/index.js';
+} from '../lib/sdk.js';
 
 export type { ApiKey, Branch, Endpoint, EndpointSettings, Project, Role, Tenant };
 
